@@ -1,0 +1,80 @@
+//! Command-line interface: clap definitions and the subcommands, over the library.
+
+mod quantize;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes, documented in `--help`.
+pub mod exit {
+    /// Success (also: nothing to quantize).
+    pub const OK: i32 = 0;
+    /// A model or file could not be processed (the message says which and why).
+    pub const FAILED: i32 = 1;
+    /// The command line is wrong.
+    pub const USAGE: i32 = 2;
+    /// Interrupted (Ctrl-C); no partial output was left behind.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success (including a model with nothing to quantize)
+  1    a model or file could not be processed; the message names it and says why
+  2    invalid command line
+  130  interrupted; no partial output is left behind";
+
+/// Quantize the float32 weights of TensorFlow Lite models to int8.
+#[derive(Debug, Parser)]
+#[command(name = "tflq", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Quantize(quantize::Args),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    // Ctrl-C: stop writing at the next block, remove temporary files, exit 130.
+    let _ = ctrlc::set_handler(tflq::files::request_stop);
+    let result = match cli.command {
+        Command::Quantize(args) => quantize::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => report(&err),
+    }
+}
+
+/// Prints an error with its chain of causes and picks the exit code.
+fn report(err: &anyhow::Error) -> i32 {
+    if tflq::files::stop_requested() {
+        eprintln!("tflq: interrupted; no output was written");
+        return exit::INTERRUPTED;
+    }
+    if err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    }) {
+        return exit::OK;
+    }
+    eprintln!("tflq: error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    exit::FAILED
+}

@@ -1,0 +1,253 @@
+//! The library's errors: one variant per way a model or a file can be wrong.
+//!
+//! Model errors name the subgraph, tensor or buffer concerned; file errors name the path.
+
+use std::path::PathBuf;
+
+/// What is wrong with a model's bytes. Every variant is a clean refusal: nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The file is shorter than the smallest possible model.
+    #[error("file is truncated or empty ({len} bytes): not a TFLite model")]
+    Truncated {
+        /// Length of the input in bytes.
+        len: usize,
+    },
+    /// The flatbuffer's file identifier is not `TFL3`.
+    #[error("not a TFLite model: file identifier is {found:?}, expected \"TFL3\"")]
+    BadIdentifier {
+        /// The four bytes found at the identifier's place, lossily decoded.
+        found: String,
+    },
+    /// The flatbuffers verifier rejected the structure (offsets out of range, bad vectors...).
+    #[error("corrupt flatbuffer: {detail}")]
+    Corrupt {
+        /// The verifier's account of the problem.
+        detail: String,
+    },
+    /// The schema version is not the one this tool reads.
+    #[error("unsupported TFLite schema version {version} (only version 3 is supported)")]
+    UnsupportedVersion {
+        /// The model's `version` field.
+        version: u32,
+    },
+    /// The model has no subgraph.
+    #[error("model has no subgraphs")]
+    NoSubgraphs,
+    /// A tensor refers to a buffer index that does not exist.
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) refers to buffer {buffer}, but the model has {count} buffers"
+    )]
+    BufferIndex {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index within the subgraph.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// The out-of-range buffer index.
+        buffer: u32,
+        /// Number of buffers in the model.
+        count: usize,
+    },
+    /// An operator, subgraph input/output or signature refers to a tensor that does not exist.
+    #[error("{place} refers to tensor {index}, but subgraph {subgraph} has {count} tensors")]
+    TensorIndex {
+        /// Where the reference is, e.g. "subgraph 0 operator 3 input".
+        place: String,
+        /// Subgraph whose tensors are meant.
+        subgraph: usize,
+        /// The out-of-range index.
+        index: i64,
+        /// Number of tensors in the subgraph.
+        count: usize,
+    },
+    /// An operator refers to an operator code that does not exist.
+    #[error(
+        "subgraph {subgraph} operator {op} uses operator code {index}, but the model has {count}"
+    )]
+    OpcodeIndex {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Operator index within the subgraph.
+        op: usize,
+        /// The out-of-range opcode index.
+        index: u32,
+        /// Number of operator codes.
+        count: usize,
+    },
+    /// A control-flow operator or signature refers to a subgraph that does not exist.
+    #[error("{place} refers to subgraph {index}, but the model has {count} subgraphs")]
+    SubgraphIndex {
+        /// Where the reference is.
+        place: String,
+        /// The out-of-range index.
+        index: i64,
+        /// Number of subgraphs.
+        count: usize,
+    },
+    /// Control-flow operators call subgraphs in a cycle: the runtime would recurse forever.
+    #[error("control-flow subgraphs form a cycle: {path}")]
+    SubgraphCycle {
+        /// The cycle, e.g. "0 -> 1 -> 0".
+        path: String,
+    },
+    /// A buffer stored after the flatbuffer (`offset`/`size`) lies outside the file.
+    #[error(
+        "buffer {buffer}: data at offset {offset} with size {size} lies outside the {file_len}-byte file"
+    )]
+    BufferOutOfFile {
+        /// Buffer index.
+        buffer: usize,
+        /// The buffer's `offset` field.
+        offset: u64,
+        /// The buffer's `size` field.
+        size: u64,
+        /// Length of the file.
+        file_len: usize,
+    },
+    /// Two buffers stored after the flatbuffer share bytes.
+    #[error("buffers {a} and {b} overlap in the file")]
+    OverlappingBuffers {
+        /// First buffer index.
+        a: usize,
+        /// Second buffer index.
+        b: usize,
+    },
+    /// A buffer has both inline data and an external `offset`.
+    #[error("buffer {buffer} has both inline data and an offset into the file")]
+    AmbiguousBuffer {
+        /// Buffer index.
+        buffer: usize,
+    },
+    /// A tensor's shape has a negative dimension where a concrete one is required.
+    #[error("subgraph {subgraph} tensor {tensor} ({name:?}) has invalid shape {shape:?}")]
+    BadShape {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// The shape as stored.
+        shape: Vec<i32>,
+    },
+    /// A tensor's element count or byte size overflows.
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) has shape {shape:?} whose size overflows"
+    )]
+    ShapeOverflow {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// The shape as stored.
+        shape: Vec<i32>,
+    },
+    /// A constant tensor's buffer holds a different number of bytes than its shape needs.
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}): buffer {buffer} holds {got} bytes, but shape {shape:?} of {dtype} needs {expected}"
+    )]
+    BufferSize {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// Buffer index.
+        buffer: u32,
+        /// Shape of the tensor.
+        shape: Vec<i32>,
+        /// Element type name.
+        dtype: String,
+        /// Bytes the shape needs.
+        expected: u64,
+        /// Bytes the buffer holds.
+        got: u64,
+    },
+    /// The rewritten model cannot be represented (e.g. more than 2^32 tensors).
+    #[error("cannot write the model: {what}")]
+    Unrepresentable {
+        /// What limit was hit.
+        what: String,
+    },
+}
+
+/// Errors of the file-level API: a model error or an I/O error, with the path concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The model in `path` is invalid.
+    #[error("{}: {source}", path.display())]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<ModelError>,
+    },
+    /// Reading, mapping or writing `path` failed.
+    #[error("{}: cannot {action}: {source}", path.display())]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// What was being done, e.g. "read", "write the output".
+        action: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input is not a regular file.
+    #[error("{}: not a regular file", path.display())]
+    NotAFile {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The output would overwrite the input and `--in-place` was not given.
+    #[error(
+        "{}: output is the input file; pass --in-place to overwrite it",
+        path.display()
+    )]
+    SameFile {
+        /// The path given for both.
+        path: PathBuf,
+    },
+    /// The model is invalid (no file name known: the in-memory API).
+    #[error(transparent)]
+    Invalid(Box<ModelError>),
+    /// The quantizer could not write the model to the given writer.
+    #[error("cannot write the output: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+impl Error {
+    /// Attaches `path` to a model error.
+    pub fn model(path: impl Into<PathBuf>, source: impl Into<Box<ModelError>>) -> Error {
+        Error::Model {
+            path: path.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Attaches `path` and an action to an I/O error.
+    pub fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+}
+
+impl From<ModelError> for Error {
+    fn from(e: ModelError) -> Error {
+        Error::Invalid(Box::new(e))
+    }
+}
+
+/// Result of the library's functions.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,435 @@
+//! Quantization math: slices in, codes and statistics out.
+//!
+//! Nothing here knows about files or flatbuffers. The per-tensor asymmetric int8 scheme:
+//!
+//! ```text
+//! lo = min(x_min, 0)            hi = max(x_max, 0)          (so 0.0 is exact)
+//! scale = (hi - lo) / 255       zero_point = clamp(round(-128 - lo / scale), -128, 127)
+//! q = clamp(round(x / scale) + zero_point, -128, 127)       x' = scale * (q - zero_point)
+//! ```
+//!
+//! `round` is round-half-away-from-zero (`f32::round`). The kernels below compute exactly
+//! that, in a form the compiler can vectorise (see [`round_half_away`]).
+
+/// Elements per parallel work item: big enough to amortise scheduling, small enough to
+/// spread a single large tensor over every core.
+pub const CHUNK: usize = 1 << 16;
+
+/// Scale and zero point of one per-tensor int8 quantization.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantParams {
+    /// Positive, finite step between two adjacent codes.
+    pub scale: f32,
+    /// Code that represents 0.0 exactly, in [-128, 127].
+    pub zero_point: i32,
+}
+
+/// What a single pass over a tensor learns: its range and whether it can be quantized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    /// Smallest finite value (`+inf` for an empty slice).
+    pub min: f32,
+    /// Largest finite value (`-inf` for an empty slice).
+    pub max: f32,
+    /// Number of NaN or infinite values.
+    pub non_finite: u64,
+}
+
+impl Range {
+    const EMPTY: Range = Range {
+        min: f32::INFINITY,
+        max: f32::NEG_INFINITY,
+        non_finite: 0,
+    };
+
+    fn merge(self, other: Range) -> Range {
+        Range {
+            min: self.min.min(other.min),
+            max: self.max.max(other.max),
+            non_finite: self.non_finite + other.non_finite,
+        }
+    }
+}
+
+const LANES: usize = 16;
+
+/// Scans `values` once for min, max and non-finite values. A tight loop over lanes so that
+/// it compiles to packed min/max instructions; NaN and infinities are counted by their bits
+/// and never enter min/max.
+pub fn scan_range(values: &[f32]) -> Range {
+    let mut mins = [f32::INFINITY; LANES];
+    let mut maxs = [f32::NEG_INFINITY; LANES];
+    let mut bad = [0u32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            let x = chunk[i];
+            let finite = (x.to_bits() & 0x7fff_ffff) < 0x7f80_0000;
+            bad[i] += u32::from(!finite);
+            // Non-finite values are replaced by a value that changes neither bound.
+            let y = if finite { x } else { mins[i] };
+            let z = if finite { x } else { maxs[i] };
+            mins[i] = if y < mins[i] { y } else { mins[i] };
+            maxs[i] = if z > maxs[i] { z } else { maxs[i] };
+        }
+    }
+    let mut range = Range::EMPTY;
+    for i in 0..LANES {
+        range = range.merge(Range {
+            min: mins[i],
+            max: maxs[i],
+            non_finite: u64::from(bad[i]),
+        });
+    }
+    for &x in rest {
+        if x.is_finite() {
+            range.min = range.min.min(x);
+            range.max = range.max.max(x);
+        } else {
+            range.non_finite += 1;
+        }
+    }
+    range
+}
+
+/// [`scan_range`] over all cores, in chunks of [`CHUNK`] elements.
+pub fn scan_range_par(values: &[f32]) -> Range {
+    use rayon::prelude::*;
+    if values.len() <= CHUNK {
+        return scan_range(values);
+    }
+    values
+        .par_chunks(CHUNK)
+        .map(scan_range)
+        .reduce(|| Range::EMPTY, Range::merge)
+}
+
+/// Asymmetric per-tensor parameters for finite `min..=max` (as from [`scan_range`]).
+///
+/// The range is widened to include 0, so 0.0 is always exact. A constant tensor
+/// (`min == max`) gets `scale = |c|` and the zero point next to its code, so that its one
+/// value and 0.0 both reconstruct exactly (`c / 255 * 255` need not equal `c` in f32).
+pub fn asymmetric_params(min: f32, max: f32) -> QuantParams {
+    if min == max {
+        return match min {
+            c if c > 0.0 => QuantParams {
+                scale: c,
+                zero_point: -128,
+            },
+            c if c < 0.0 => QuantParams {
+                scale: -c,
+                zero_point: 127,
+            },
+            _ => QuantParams {
+                scale: 1.0,
+                zero_point: -128,
+            },
+        };
+    }
+    let lo = f64::from(min.min(0.0));
+    let hi = f64::from(max.max(0.0));
+    let mut scale = ((hi - lo) / 255.0) as f32;
+    if !scale.is_normal() {
+        // A span near the smallest floats would give a subnormal (or zero) scale.
+        scale = f32::MIN_POSITIVE;
+    }
+    let zero_point = (-128.0 - lo / f64::from(scale))
+        .round()
+        .clamp(-128.0, 127.0) as i32;
+    QuantParams { scale, zero_point }
+}
+
+/// Rounds half away from zero, exactly like `f32::round`, for |v| < 2^22.
+///
+/// `f32::round` calls into libm and blocks vectorisation. Adding the largest float below 0.5
+/// (with the sign of `v`) and truncating gives the same result: for a fraction of exactly .5
+/// the sum rounds up to the next integer, and for anything below .5 it stays below it.
+#[inline(always)]
+fn round_half_away(v: f32) -> i32 {
+    const JUST_BELOW_HALF: f32 = 0.499_999_97;
+    (v + JUST_BELOW_HALF.copysign(v)) as i32
+}
+
+/// Quantizes `values` into `out` (same length) with `p`. Non-finite inputs must have been
+/// ruled out by the caller; a NaN would come out as `zero_point`.
+pub fn quantize_into(values: &[f32], p: QuantParams, out: &mut [i8]) {
+    debug_assert_eq!(values.len(), out.len());
+    // Clamping before rounding is the same as after, since both bounds are integers.
+    let lo = (-128 - p.zero_point) as f32;
+    let hi = (127 - p.zero_point) as f32;
+    let scale = p.scale;
+    let zp = p.zero_point;
+    for (o, &x) in out.iter_mut().zip(values) {
+        let v = (x / scale).clamp(lo, hi);
+        *o = (round_half_away(v) + zp) as i8;
+    }
+}
+
+/// The value a code stands for.
+#[inline]
+pub fn dequantize(q: i8, p: QuantParams) -> f32 {
+    p.scale * (i32::from(q) - p.zero_point) as f32
+}
+
+/// Error of a quantized tensor against its float original, accumulated in f64.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ErrorStats {
+    /// Number of elements compared.
+    pub count: u64,
+    /// Sum of x².
+    pub signal: f64,
+    /// Sum of (x - x')².
+    pub noise: f64,
+    /// Largest |x - x'|.
+    pub max_abs: f64,
+    /// Sum of x · x' (for cosine similarity).
+    pub dot: f64,
+    /// Sum of x'².
+    pub recon: f64,
+}
+
+impl ErrorStats {
+    /// Combines the statistics of two disjoint parts of a tensor.
+    pub fn merge(self, o: ErrorStats) -> ErrorStats {
+        ErrorStats {
+            count: self.count + o.count,
+            signal: self.signal + o.signal,
+            noise: self.noise + o.noise,
+            max_abs: self.max_abs.max(o.max_abs),
+            dot: self.dot + o.dot,
+            recon: self.recon + o.recon,
+        }
+    }
+
+    /// Signal-to-quantization-noise ratio in dB: 10·log10(Σx² / Σ(x-x')²).
+    /// Infinite when the reconstruction is exact; NaN-free.
+    pub fn sqnr_db(&self) -> f64 {
+        if self.noise == 0.0 {
+            f64::INFINITY
+        } else if self.signal == 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            10.0 * (self.signal / self.noise).log10()
+        }
+    }
+
+    /// Root mean square of x - x'.
+    pub fn rmse(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            (self.noise / self.count as f64).sqrt()
+        }
+    }
+
+    /// Σx·x' / (|x|·|x'|); 1 when both are all zero.
+    pub fn cosine(&self) -> f64 {
+        let d = (self.signal * self.recon).sqrt();
+        if d == 0.0 {
+            if self.signal == self.recon { 1.0 } else { 0.0 }
+        } else {
+            self.dot / d
+        }
+    }
+}
+
+/// Measures the error of `codes` (quantized with `p`) against `values`.
+pub fn error_stats(values: &[f32], codes: &[i8], p: QuantParams) -> ErrorStats {
+    // f32 partial sums over short runs keep the loop vectorisable; f64 across runs keeps
+    // the total accurate for tensors of billions of elements.
+    let mut total = ErrorStats::default();
+    for (xs, qs) in values.chunks(1024).zip(codes.chunks(1024)) {
+        let (mut s, mut n, mut m, mut d, mut r) = (0f32, 0f32, 0f32, 0f32, 0f32);
+        for (&x, &q) in xs.iter().zip(qs) {
+            let y = dequantize(q, p);
+            let e = x - y;
+            s += x * x;
+            n += e * e;
+            m = m.max(e.abs());
+            d += x * y;
+            r += y * y;
+        }
+        total = total.merge(ErrorStats {
+            count: xs.len() as u64,
+            signal: f64::from(s),
+            noise: f64::from(n),
+            max_abs: f64::from(m),
+            dot: f64::from(d),
+            recon: f64::from(r),
+        });
+    }
+    total
+}
+
+/// Quantizes `values` into `out` over all cores and returns the error statistics.
+pub fn quantize_par(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStats {
+    use rayon::prelude::*;
+    values
+        .par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .map(|(xs, qs)| {
+            quantize_into(xs, p, qs);
+            error_stats(xs, qs, p)
+        })
+        .reduce(ErrorStats::default, ErrorStats::merge)
+}
+
+/// Reads little-endian f32 values from raw tensor bytes into `out`.
+///
+/// Model data is little-endian by definition; on little-endian targets with aligned data the
+/// caller can borrow instead (see [`as_f32`]).
+pub fn f32_from_le(bytes: &[u8], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
+}
+
+/// Borrows raw tensor bytes as f32 when they are aligned and the target is little-endian.
+pub fn as_f32(bytes: &[u8]) -> Option<&[f32]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice(bytes).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn quantize(values: &[f32]) -> (QuantParams, Vec<i8>) {
+        let r = scan_range(values);
+        let p = asymmetric_params(r.min, r.max);
+        let mut q = vec![0i8; values.len()];
+        quantize_into(values, p, &mut q);
+        (p, q)
+    }
+
+    /// The reference: the documented formula with `f32::round`, clamping after rounding.
+    fn reference_code(x: f32, p: QuantParams) -> i8 {
+        ((x / p.scale).round() as i32 + p.zero_point).clamp(-128, 127) as i8
+    }
+
+    #[test]
+    fn fast_rounding_matches_f32_round_at_halves_and_neighbours() {
+        for k in -300..=300 {
+            let base = k as f32 + 0.5;
+            let mut v = base;
+            for _ in 0..4 {
+                v = f32::from_bits(v.to_bits() - 1);
+            }
+            for _ in 0..9 {
+                assert_eq!(round_half_away(v), v.round() as i32, "v = {v:e}");
+                v = f32::from_bits(v.to_bits() + 1);
+            }
+        }
+        for v in [
+            0.0f32,
+            -0.0,
+            0.49999997,
+            -0.49999997,
+            0.5,
+            -0.5,
+            1e-30,
+            -1e-30,
+        ] {
+            assert_eq!(round_half_away(v), v.round() as i32, "v = {v:e}");
+        }
+    }
+
+    #[test]
+    fn top_of_range_lands_on_127_not_128() {
+        // The notebook's bug: dividing by 256 without a clamp put the maximum on 128.
+        let (p, q) = quantize(&[0.0, 0.5, 1.0]);
+        assert_eq!((p.zero_point, q[0], q[2]), (-128, -128, 127));
+        assert_eq!(p.scale, 1.0 / 255.0);
+        let (p, q) = quantize(&[-1.0, -0.25, 0.0]);
+        assert_eq!((p.zero_point, q[0], q[2]), (127, -128, 127));
+        // A range straddling zero: both ends within half a step, codes within int8.
+        let values = [-1.0f32, 0.0, 0.25, 1.0];
+        let (p, q) = quantize(&values);
+        assert_eq!(q[0], -128);
+        for (&x, &c) in values.iter().zip(&q) {
+            assert!((x - dequantize(c, p)).abs() <= p.scale / 2.0 * 1.0001);
+        }
+    }
+
+    #[test]
+    fn constant_tensors_reconstruct_exactly() {
+        for c in [0.0f32, 1.5, -3.25, 1e-20, -7e30] {
+            let values = vec![c; 100];
+            let (p, q) = quantize(&values);
+            assert!(p.scale > 0.0 && p.scale.is_finite());
+            for &code in &q {
+                assert_eq!(dequantize(code, p), c, "constant {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_values_are_counted_not_ranged() {
+        let r = scan_range(&[1.0, f32::NAN, -2.0, f32::INFINITY, f32::NEG_INFINITY]);
+        assert_eq!((r.min, r.max, r.non_finite), (-2.0, 1.0, 3));
+        let long: Vec<f32> = (0..100)
+            .map(|i| if i == 37 { f32::NAN } else { i as f32 })
+            .collect();
+        let r = scan_range(&long);
+        assert_eq!((r.min, r.max, r.non_finite), (0.0, 99.0, 1));
+    }
+
+    #[test]
+    fn sqnr_of_exact_reconstruction_is_infinite() {
+        let (p, q) = quantize(&[0.0; 8]);
+        let s = error_stats(&[0.0; 8], &q, p);
+        assert_eq!(s.sqnr_db(), f64::INFINITY);
+        assert_eq!(s.cosine(), 1.0);
+    }
+
+    proptest! {
+        #[test]
+        fn every_value_comes_back_within_half_a_step(
+            values in prop::collection::vec(-1e6f32..1e6, 1..400),
+        ) {
+            let (p, q) = quantize(&values);
+            prop_assert!(p.scale > 0.0 && p.scale.is_finite());
+            prop_assert!((-128..=127).contains(&p.zero_point));
+            for (&x, &code) in values.iter().zip(&q) {
+                let err = (x - dequantize(code, p)).abs();
+                // Half a step, plus the float rounding of the scale and the product.
+                prop_assert!(err <= p.scale * 0.5 * (1.0 + 1e-4), "x={x} err={err} scale={}", p.scale);
+                prop_assert_eq!(code, reference_code(x, p));
+            }
+        }
+
+        #[test]
+        fn zero_is_exact(values in prop::collection::vec(-1e3f32..1e3, 1..200)) {
+            let (p, _) = quantize(&values);
+            let mut q = [0i8];
+            quantize_into(&[0.0], p, &mut q);
+            prop_assert_eq!(dequantize(q[0], p), 0.0);
+        }
+
+    }
+
+    proptest! {
+        // Inputs up to three chunks long: fewer cases keep the debug-mode run short.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn parallel_kernels_agree_with_serial(
+            values in prop::collection::vec(-10f32..10.0, 0..(3 * CHUNK)),
+        ) {
+            prop_assert_eq!(scan_range_par(&values), scan_range(&values));
+            let (p, q) = quantize(&values);
+            let mut qp = vec![0i8; values.len()];
+            let stats = quantize_par(&values, p, &mut qp);
+            prop_assert_eq!(&q, &qp);
+            prop_assert_eq!(stats.count, values.len() as u64);
+        }
+    }
+}

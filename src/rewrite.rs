@@ -1,0 +1,436 @@
+//! Writing the rewritten model: a small flatbuffer skeleton, then the buffer data streamed.
+//!
+//! The skeleton (operator codes, subgraphs, metadata, signatures, buffer tables) is built in
+//! memory with the object API of everything but the buffers; weight data never goes through
+//! `unpack()`. Each buffer table gets a placeholder; once the skeleton's size is known, the
+//! data blocks are laid out after it (16-byte aligned) and the placeholders are patched to
+//! point at them: inline `data` vectors (a `uoffset` may point anywhere later in the file)
+//! or, when the file would pass 2 GiB, `offset`/`size` fields. The data is then streamed:
+//! copied from the input map, or quantized block by block, so memory stays flat.
+//!
+//! Each quantized float32 tensor `T` keeps its index (so consumers, subgraph inputs/outputs
+//! and signatures stay valid) but loses its buffer; a new INT8 tensor holds the codes and a
+//! `DEQUANTIZE` operator, placed first in the subgraph, turns them back into `T`.
+
+use std::io::Write;
+
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
+use serde::Serialize;
+use tflq_schema as fb;
+
+use crate::error::{Error, ModelError};
+use crate::model::{Model, op};
+use crate::plan::Plan;
+use crate::quant::{self, ErrorStats};
+
+/// How buffer data is stored in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// Inside the flatbuffer, as `Buffer.data` vectors.
+    Inline,
+    /// After the flatbuffer, addressed by `Buffer.offset`/`size` (files over 2 GiB).
+    External,
+}
+
+/// Files at or above this size cannot use inline data: flatbuffers offsets are 32-bit and the
+/// runtime's verifier stops at 2 GiB.
+pub const INLINE_LIMIT: u64 = (1 << 31) - 1;
+
+/// Alignment of every data block in the output.
+const ALIGN: u64 = 16;
+
+/// Elements quantized per streamed block (4 Mi elements: 16 MiB in, 4 MiB out).
+const BLOCK: usize = 1 << 22;
+
+/// What [`write_model`] did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Bytes written.
+    pub len: u64,
+    /// Where the buffer data went.
+    pub layout: Layout,
+    /// Error statistics of each job of the plan, in plan order.
+    pub stats: Vec<ErrorStats>,
+}
+
+/// Where one buffer's output bytes come from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Copy this byte range of the input.
+    Copy(std::ops::Range<usize>),
+    /// Quantize job `n` of the plan.
+    Quantize(usize),
+}
+
+impl Source {
+    fn len(&self, plan: &Plan) -> u64 {
+        match self {
+            Source::Copy(r) => r.len() as u64,
+            Source::Quantize(j) => plan.jobs[*j].elements,
+        }
+    }
+}
+
+/// One data block of the tail: which buffer, where its bytes start in the output.
+#[derive(Debug, Clone)]
+struct Block {
+    buffer: usize,
+    source: Source,
+    /// Position of the data in the output file.
+    at: u64,
+}
+
+/// Writes the model that `plan` describes to `out`. `out` receives the bytes in order; it is
+/// never sought, so a pipe works.
+pub fn write_model<W: Write>(model: &Model<'_>, plan: &Plan, out: W) -> Result<Written, Error> {
+    let sources = buffer_sources(model, plan);
+    let mut layout = Layout::Inline;
+    let (skeleton, blocks, len) = loop {
+        let skeleton = build_skeleton(model, plan, &sources, layout)?;
+        let (blocks, len) = lay_out(skeleton.len() as u64, &sources, plan, layout);
+        if layout == Layout::Inline && len > INLINE_LIMIT {
+            layout = Layout::External;
+            continue;
+        }
+        break (patch(skeleton, &blocks, plan, layout)?, blocks, len);
+    };
+    let stats = stream(model, plan, &skeleton, &blocks, layout, out).map_err(Error::Write)?;
+    debug_assert_eq!(stats.0, len);
+    Ok(Written {
+        len,
+        layout,
+        stats: stats.1,
+    })
+}
+
+/// The source of every buffer's bytes in the output (`None`: no data).
+fn buffer_sources(model: &Model<'_>, plan: &Plan) -> Vec<Option<Source>> {
+    let mut sources: Vec<Option<Source>> = model
+        .buffers
+        .iter()
+        .map(|b| (!b.data.is_empty()).then(|| Source::Copy(b.data.clone())))
+        .collect();
+    for (j, job) in plan.jobs.iter().enumerate() {
+        sources[job.buffer as usize] = Some(Source::Quantize(j));
+    }
+    sources
+}
+
+fn too_big(what: &str) -> Error {
+    ModelError::Unrepresentable {
+        what: what.to_owned(),
+    }
+    .into()
+}
+
+fn build_skeleton(
+    model: &Model<'_>,
+    plan: &Plan,
+    sources: &[Option<Source>],
+    layout: Layout,
+) -> Result<Vec<u8>, Error> {
+    let root = &model.root;
+    let mut codes: Vec<fb::OperatorCodeT> = root
+        .operator_codes()
+        .into_iter()
+        .flatten()
+        .map(|c| c.unpack())
+        .collect();
+    let dequantize = if plan.jobs.is_empty() {
+        0
+    } else {
+        dequantize_opcode(&mut codes, model)?
+    };
+
+    // Tensors to rewrite, per subgraph.
+    let mut per_subgraph: Vec<Vec<(usize, usize)>> = vec![Vec::new(); model.subgraphs.len()];
+    for (j, job) in plan.jobs.iter().enumerate() {
+        for u in &job.users {
+            per_subgraph[u.subgraph].push((u.tensor, j));
+        }
+    }
+
+    let mut fbb = FlatBufferBuilder::with_capacity(model.bytes.len().min(64 << 20) / 4 + 4096);
+    let mut subgraphs = Vec::with_capacity(model.subgraphs.len());
+    for (si, sg) in root.subgraphs().into_iter().flatten().enumerate() {
+        let mut sg = sg.unpack();
+        let tensors = sg.tensors.get_or_insert_with(Vec::new);
+        let mut new_ops = Vec::with_capacity(per_subgraph[si].len());
+        for &(ti, j) in &per_subgraph[si] {
+            let p = plan.jobs[j].params;
+            let float = &mut tensors[ti];
+            let buffer = std::mem::take(&mut float.buffer);
+            let mut quantization = fb::QuantizationParametersT::default();
+            quantization.scale = Some(vec![p.scale]);
+            quantization.zero_point = Some(vec![i64::from(p.zero_point)]);
+            let mut codes_tensor = fb::TensorT::default();
+            codes_tensor.shape = float.shape.clone();
+            codes_tensor.type_ = fb::TensorType::INT8;
+            codes_tensor.buffer = buffer;
+            codes_tensor.name = Some(format!(
+                "{}_int8",
+                float.name.as_deref().unwrap_or("tensor")
+            ));
+            codes_tensor.quantization = Some(Box::new(quantization));
+            codes_tensor.shape_signature = float.shape_signature.clone();
+            codes_tensor.has_rank = float.has_rank;
+            let index =
+                i32::try_from(tensors.len()).map_err(|_| too_big("more than 2^31 tensors"))?;
+            tensors.push(codes_tensor);
+            let mut dq = fb::OperatorT::default();
+            dq.opcode_index = dequantize;
+            dq.inputs = Some(vec![index]);
+            dq.outputs = Some(vec![ti as i32]);
+            new_ops.push(dq);
+        }
+        if !new_ops.is_empty() {
+            let ops = sg.operators.get_or_insert_with(Vec::new);
+            new_ops.append(ops);
+            *ops = new_ops;
+        }
+        for o in sg.operators.iter_mut().flatten() {
+            inline_large_custom_options(model, o)?;
+        }
+        subgraphs.push(sg.pack(&mut fbb));
+    }
+    let subgraphs = fbb.create_vector(&subgraphs);
+    let codes: Vec<_> = codes.iter().map(|c| c.pack(&mut fbb)).collect();
+    let codes = fbb.create_vector(&codes);
+
+    let placeholder = fbb.create_vector::<u8>(&[]);
+    let buffers: Vec<WIPOffset<fb::Buffer>> = sources
+        .iter()
+        .map(|s| {
+            let args = match (s, layout) {
+                (None, _) => fb::BufferArgs::default(),
+                (Some(_), Layout::Inline) => fb::BufferArgs {
+                    data: Some(placeholder),
+                    ..Default::default()
+                },
+                // Non-zero so that the builder writes the fields; patched below.
+                (Some(_), Layout::External) => fb::BufferArgs {
+                    data: None,
+                    offset: 1,
+                    size: 1,
+                },
+            };
+            fb::Buffer::create(&mut fbb, &args)
+        })
+        .collect();
+    let buffers = fbb.create_vector(&buffers);
+
+    let description = root.description().map(|d| fbb.create_string(d));
+    let metadata_buffer = root
+        .metadata_buffer()
+        .map(|m| fbb.create_vector_from_iter(m.iter()));
+    let metadata: Option<Vec<_>> = root
+        .metadata()
+        .map(|m| m.iter().map(|x| x.unpack().pack(&mut fbb)).collect());
+    let metadata = metadata.map(|m| fbb.create_vector(&m));
+    let signatures: Option<Vec<_>> = root
+        .signature_defs()
+        .map(|m| m.iter().map(|x| x.unpack().pack(&mut fbb)).collect());
+    let signature_defs = signatures.map(|m| fbb.create_vector(&m));
+    let groups: Option<Vec<_>> = root
+        .external_buffer_groups()
+        .map(|m| m.iter().map(|x| x.unpack().pack(&mut fbb)).collect());
+    let external_buffer_groups = groups.map(|m| fbb.create_vector(&m));
+    let ext: Option<Vec<_>> = root
+        .external_buffers()
+        .map(|m| m.iter().map(|x| x.unpack().pack(&mut fbb)).collect());
+    let external_buffers = ext.map(|m| fbb.create_vector(&m));
+
+    let model_table = fb::Model::create(
+        &mut fbb,
+        &fb::ModelArgs {
+            version: root.version(),
+            operator_codes: Some(codes),
+            subgraphs: Some(subgraphs),
+            description,
+            buffers: Some(buffers),
+            metadata_buffer,
+            metadata,
+            signature_defs,
+            external_buffer_groups,
+            external_buffers,
+        },
+    );
+    fb::finish_model_buffer(&mut fbb, model_table);
+    Ok(fbb.finished_data().to_vec())
+}
+
+/// Index of the DEQUANTIZE operator code, added once (or reused, at version 2 at least: the
+/// version that takes int8 input).
+fn dequantize_opcode(codes: &mut Vec<fb::OperatorCodeT>, model: &Model<'_>) -> Result<u32, Error> {
+    let existing = model.opcodes.iter().enumerate().position(|(i, &c)| {
+        c == op::DEQUANTIZE && codes.get(i).is_some_and(|c| c.custom_code.is_none())
+    });
+    let index = match existing {
+        Some(i) => {
+            codes[i].version = codes[i].version.max(2);
+            i
+        }
+        None => {
+            let mut code = fb::OperatorCodeT::default();
+            // Codes below 127 go in both fields: old readers only know the first.
+            code.deprecated_builtin_code = op::DEQUANTIZE as i8;
+            code.builtin_code = fb::BuiltinOperator::DEQUANTIZE;
+            code.version = 2;
+            codes.push(code);
+            codes.len() - 1
+        }
+    };
+    u32::try_from(index).map_err(|_| too_big("too many operator codes"))
+}
+
+/// Custom options stored after the flatbuffer would point at the wrong bytes once the data
+/// moves; they go back inline (the skeleton stays far below 2 GiB for any real model).
+fn inline_large_custom_options(model: &Model<'_>, o: &mut fb::OperatorT) -> Result<(), Error> {
+    if o.large_custom_options_size == 0 {
+        return Ok(());
+    }
+    let bad = || {
+        Error::from(ModelError::Corrupt {
+            detail: format!(
+                "operator custom options at offset {} with size {} lie outside the file",
+                o.large_custom_options_offset, o.large_custom_options_size
+            ),
+        })
+    };
+    let start = usize::try_from(o.large_custom_options_offset).map_err(|_| bad())?;
+    let len = usize::try_from(o.large_custom_options_size).map_err(|_| bad())?;
+    let bytes = model
+        .bytes
+        .get(start..start.checked_add(len).ok_or_else(bad)?)
+        .ok_or_else(bad)?;
+    o.custom_options = Some(bytes.to_vec());
+    o.large_custom_options_offset = 0;
+    o.large_custom_options_size = 0;
+    Ok(())
+}
+
+fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+/// Places every data block after a skeleton of `skeleton_len` bytes. Inline blocks carry a
+/// 4-byte length prefix before their 16-byte aligned data.
+fn lay_out(
+    skeleton_len: u64,
+    sources: &[Option<Source>],
+    plan: &Plan,
+    layout: Layout,
+) -> (Vec<Block>, u64) {
+    let prefix = if layout == Layout::Inline { 4 } else { 0 };
+    let mut pos = skeleton_len;
+    let mut blocks = Vec::new();
+    for (buffer, s) in sources.iter().enumerate() {
+        let Some(source) = s else { continue };
+        let at = align_up(pos + prefix, ALIGN);
+        pos = at + source.len(plan);
+        blocks.push(Block {
+            buffer,
+            source: source.clone(),
+            at,
+        });
+    }
+    (blocks, align_up(pos, 4))
+}
+
+/// Points the skeleton's buffer tables at their blocks.
+fn patch(
+    mut skeleton: Vec<u8>,
+    blocks: &[Block],
+    plan: &Plan,
+    layout: Layout,
+) -> Result<Vec<u8>, Error> {
+    let mut writes: Vec<(usize, Vec<u8>)> = Vec::new();
+    {
+        let opts = flatbuffers::VerifierOptions {
+            max_tables: usize::MAX,
+            max_apparent_size: usize::MAX,
+            ..Default::default()
+        };
+        let root = fb::root_as_model_with_opts(&opts, &skeleton)
+            .map_err(|e| too_big(&format!("skeleton does not verify: {e}")))?;
+        let tables = root
+            .buffers()
+            .ok_or_else(|| too_big("skeleton lost its buffers"))?;
+        for b in blocks {
+            let table = tables.get(b.buffer)._tab;
+            let field = |vt| table.loc() + usize::from(table.vtable().get(vt));
+            match layout {
+                Layout::Inline => {
+                    let at = field(fb::Buffer::VT_DATA);
+                    let rel = u32::try_from(b.at - 4 - at as u64)
+                        .map_err(|_| too_big("offset over 4 GiB"))?;
+                    writes.push((at, rel.to_le_bytes().to_vec()));
+                }
+                Layout::External => {
+                    writes.push((field(fb::Buffer::VT_OFFSET), b.at.to_le_bytes().to_vec()));
+                    writes.push((
+                        field(fb::Buffer::VT_SIZE),
+                        b.source.len(plan).to_le_bytes().to_vec(),
+                    ));
+                }
+            }
+        }
+    }
+    for (at, bytes) in writes {
+        skeleton[at..at + bytes.len()].copy_from_slice(&bytes);
+    }
+    Ok(skeleton)
+}
+
+/// Writes the skeleton and every block in order. Returns the bytes written and the error
+/// statistics of each plan job.
+fn stream<W: Write>(
+    model: &Model<'_>,
+    plan: &Plan,
+    skeleton: &[u8],
+    blocks: &[Block],
+    layout: Layout,
+    out: W,
+) -> std::io::Result<(u64, Vec<ErrorStats>)> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    let mut stats = vec![ErrorStats::default(); plan.jobs.len()];
+    out.write_all(skeleton)?;
+    let mut pos = skeleton.len() as u64;
+    let zeros = [0u8; 32];
+    let mut codes: Vec<i8> = Vec::new();
+    for b in blocks {
+        let len = b.source.len(plan);
+        let start = if layout == Layout::Inline {
+            b.at - 4
+        } else {
+            b.at
+        };
+        out.write_all(&zeros[..(start - pos) as usize])?;
+        if layout == Layout::Inline {
+            // Lengths past u32 cannot occur: the layout is inline only below 2 GiB.
+            out.write_all(&(len as u32).to_le_bytes())?;
+        }
+        match &b.source {
+            Source::Copy(range) => out.write_all(&model.bytes[range.clone()])?,
+            Source::Quantize(j) => {
+                let job = &plan.jobs[*j];
+                let data = model.buffer_data(job.buffer);
+                for block in data.chunks(BLOCK * 4) {
+                    let n = block.len() / 4;
+                    codes.resize(n, 0);
+                    let s = crate::plan::with_f32(block, |values| {
+                        quant::quantize_par(values, job.params, &mut codes[..n])
+                    });
+                    stats[*j] = stats[*j].merge(s);
+                    out.write_all(bytemuck::cast_slice(&codes[..n]))?;
+                }
+            }
+        }
+        pos = b.at + len;
+    }
+    let end = align_up(pos, 4);
+    out.write_all(&zeros[..(end - pos) as usize])?;
+    out.flush()?;
+    Ok((end, stats))
+}

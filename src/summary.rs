@@ -1,0 +1,258 @@
+//! What a run did, for people (`Display`) and machines (`serde`).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::Model;
+use crate::plan::{Plan, SkipReason};
+use crate::rewrite::{Layout, Written};
+
+/// One quantized tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizedTensor {
+    /// Subgraph index.
+    pub subgraph: usize,
+    /// Tensor index within the subgraph.
+    pub tensor: usize,
+    /// Tensor name.
+    pub name: String,
+    /// Buffer index (shared buffers are quantized once).
+    pub buffer: u32,
+    /// Element count.
+    pub elements: u64,
+    /// Smallest value.
+    pub min: f32,
+    /// Largest value.
+    pub max: f32,
+    /// Quantization scale.
+    pub scale: f32,
+    /// Quantization zero point.
+    pub zero_point: i32,
+    /// Signal-to-quantization-noise ratio of the weights in dB (`null` when exact).
+    pub sqnr_db: Option<f64>,
+    /// Largest absolute reconstruction error.
+    pub max_abs_error: f64,
+}
+
+/// One constant tensor left as it was.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedTensor {
+    /// Subgraph index.
+    pub subgraph: usize,
+    /// Tensor index within the subgraph.
+    pub tensor: usize,
+    /// Tensor name.
+    pub name: String,
+    /// Why it was skipped.
+    #[serde(flatten)]
+    pub reason: SkipReason,
+    /// The reason in words.
+    pub detail: String,
+}
+
+/// The outcome of quantizing one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// False when nothing qualified and the output is the input unchanged.
+    pub changed: bool,
+    /// Size of the input file.
+    pub input_bytes: u64,
+    /// Size of the output file.
+    pub output_bytes: u64,
+    /// Bytes of constant tensor data in the input.
+    pub weight_bytes_before: u64,
+    /// Bytes of constant tensor data in the output.
+    pub weight_bytes_after: u64,
+    /// How buffer data is stored in the output.
+    pub layout: Layout,
+    /// Quantized tensors, in (subgraph, tensor) order.
+    pub quantized: Vec<QuantizedTensor>,
+    /// Constant tensors left alone, in (subgraph, tensor) order.
+    pub skipped: Vec<SkippedTensor>,
+    /// Number of skipped tensors per reason.
+    pub skipped_by_reason: BTreeMap<String, usize>,
+    /// Things the user should know (e.g. tensors with NaN left in float).
+    pub warnings: Vec<String>,
+    /// Wall time of the run in seconds (0 when not measured).
+    pub seconds: f64,
+}
+
+impl Summary {
+    pub(crate) fn new(model: &Model<'_>, plan: &Plan, written: Option<&Written>) -> Summary {
+        let name = |s: usize, t: usize| model.subgraphs[s].tensors[t].name.clone();
+        let mut quantized = Vec::new();
+        for (j, job) in plan.jobs.iter().enumerate() {
+            let stats = written
+                .and_then(|w| w.stats.get(j))
+                .copied()
+                .unwrap_or_default();
+            for u in &job.users {
+                let sqnr = stats.sqnr_db();
+                quantized.push(QuantizedTensor {
+                    subgraph: u.subgraph,
+                    tensor: u.tensor,
+                    name: name(u.subgraph, u.tensor),
+                    buffer: job.buffer,
+                    elements: job.elements,
+                    min: job.min,
+                    max: job.max,
+                    scale: job.params.scale,
+                    zero_point: job.params.zero_point,
+                    sqnr_db: sqnr.is_finite().then_some(sqnr),
+                    max_abs_error: stats.max_abs,
+                });
+            }
+        }
+        quantized.sort_by_key(|q| (q.subgraph, q.tensor));
+        let mut warnings = Vec::new();
+        let skipped: Vec<SkippedTensor> = plan
+            .skipped
+            .iter()
+            .map(|(r, reason)| {
+                let n = name(r.subgraph, r.tensor);
+                if let SkipReason::NonFinite { count } = reason {
+                    warnings.push(format!(
+                        "subgraph {} tensor {} ({n:?}) has {count} NaN or infinite values: left in float32",
+                        r.subgraph, r.tensor
+                    ));
+                }
+                SkippedTensor {
+                    subgraph: r.subgraph,
+                    tensor: r.tensor,
+                    name: n,
+                    reason: reason.clone(),
+                    detail: reason.to_string(),
+                }
+            })
+            .collect();
+        let mut used = vec![false; model.buffers.len()];
+        for sg in &model.subgraphs {
+            for t in &sg.tensors {
+                used[t.buffer as usize] = true;
+            }
+        }
+        let weight_bytes_before: u64 = model
+            .buffers
+            .iter()
+            .zip(&used)
+            .filter(|(_, u)| **u)
+            .map(|(b, _)| b.data.len() as u64)
+            .sum();
+        let saved: u64 = if written.is_some() {
+            plan.jobs.iter().map(|j| j.elements * 3).sum()
+        } else {
+            0
+        };
+        let input_bytes = model.bytes.len() as u64;
+        Summary {
+            changed: written.is_some(),
+            input_bytes,
+            output_bytes: written.map_or(input_bytes, |w| w.len),
+            weight_bytes_before,
+            weight_bytes_after: weight_bytes_before - saved,
+            layout: written.map_or(
+                if model.has_external_buffers() {
+                    Layout::External
+                } else {
+                    Layout::Inline
+                },
+                |w| w.layout,
+            ),
+            quantized,
+            skipped_by_reason: plan
+                .skipped_by_reason()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            skipped,
+            warnings,
+            seconds: 0.0,
+        }
+    }
+
+    /// The quantized tensor with the lowest SQNR.
+    pub fn worst(&self) -> Option<&QuantizedTensor> {
+        self.quantized.iter().min_by(|a, b| {
+            a.sqnr_db
+                .unwrap_or(f64::INFINITY)
+                .total_cmp(&b.sqnr_db.unwrap_or(f64::INFINITY))
+        })
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn ratio(after: u64, before: u64) -> String {
+    if before == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", 100.0 * after as f64 / before as f64)
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.changed {
+            writeln!(
+                f,
+                "nothing to quantize: no float32 weight tensor qualifies; output is the input unchanged"
+            )?;
+        }
+        writeln!(
+            f,
+            "tensors:  {} quantized, {} skipped",
+            self.quantized.len(),
+            self.skipped.len()
+        )?;
+        for (reason, n) in &self.skipped_by_reason {
+            writeln!(f, "          {n:>5} {}", reason.replace('_', " "))?;
+        }
+        writeln!(
+            f,
+            "weights:  {} -> {} ({})",
+            human(self.weight_bytes_before),
+            human(self.weight_bytes_after),
+            ratio(self.weight_bytes_after, self.weight_bytes_before)
+        )?;
+        writeln!(
+            f,
+            "file:     {} -> {} ({}){}",
+            human(self.input_bytes),
+            human(self.output_bytes),
+            ratio(self.output_bytes, self.input_bytes),
+            if self.layout == Layout::External {
+                ", data after the flatbuffer (offset/size)"
+            } else {
+                ""
+            }
+        )?;
+        if let Some(w) = self.worst() {
+            let sqnr = w
+                .sqnr_db
+                .map_or("exact".to_owned(), |s| format!("{s:.1} dB"));
+            writeln!(
+                f,
+                "worst:    {sqnr} SQNR in subgraph {} tensor {} ({})",
+                w.subgraph, w.tensor, w.name
+            )?;
+        }
+        if self.seconds > 0.0 {
+            writeln!(f, "time:     {:.3} s", self.seconds)?;
+        }
+        Ok(())
+    }
+}
