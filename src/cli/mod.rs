@@ -14,6 +14,9 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// Interrupted (Ctrl-C); no partial output was left behind.
     pub const INTERRUPTED: i32 = 130;
+    /// A quality gate (e.g. `--fail-below-sqnr`) was not met; the report was still printed.
+    #[allow(dead_code)]
+    pub const GATE: i32 = 3;
 }
 
 const EXIT_CODES: &str = "\
@@ -21,6 +24,7 @@ Exit codes:
   0    success (including a model with nothing to quantize)
   1    a model or file could not be processed; the message names it and says why
   2    invalid command line
+  3    a quality gate (--fail-below-sqnr) was not met
   130  interrupted; no partial output is left behind";
 
 /// Quantize the float32 weights of TensorFlow Lite models to int8.
