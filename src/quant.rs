@@ -53,36 +53,55 @@ impl Range {
 
 const LANES: usize = 16;
 
-/// Scans `values` once for min, max and non-finite values. A tight loop over lanes so that
-/// it compiles to packed min/max instructions; NaN and infinities are counted by their bits
-/// and never enter min/max.
+/// Scans `values` once for min, max and non-finite values.
+///
+/// The pass is a tight loop over lanes that compiles to packed min/max instructions: a NaN
+/// compares false and so never becomes a bound, and is only flagged. Only when a NaN or an
+/// infinity shows up is the slice scanned again, by [`scan_range_exact`], to count them and
+/// keep them out of the range: the common, all-finite case reads the data once.
 pub fn scan_range(values: &[f32]) -> Range {
     let mut mins = [f32::INFINITY; LANES];
     let mut maxs = [f32::NEG_INFINITY; LANES];
-    let mut bad = [0u32; LANES];
+    let mut nan = [0u32; LANES];
     let chunks = values.chunks_exact(LANES);
     let rest = chunks.remainder();
     for chunk in chunks {
         for i in 0..LANES {
             let x = chunk[i];
-            let finite = (x.to_bits() & 0x7fff_ffff) < 0x7f80_0000;
-            bad[i] += u32::from(!finite);
-            // Non-finite values are replaced by a value that changes neither bound.
-            let y = if finite { x } else { mins[i] };
-            let z = if finite { x } else { maxs[i] };
-            mins[i] = if y < mins[i] { y } else { mins[i] };
-            maxs[i] = if z > maxs[i] { z } else { maxs[i] };
+            mins[i] = if x < mins[i] { x } else { mins[i] };
+            maxs[i] = if x > maxs[i] { x } else { maxs[i] };
+            nan[i] |= u32::from(x.is_nan());
         }
     }
-    let mut range = Range::EMPTY;
+    let mut min = f32::INFINITY;
+    let mut max = f32::NEG_INFINITY;
+    let mut any_nan = false;
     for i in 0..LANES {
-        range = range.merge(Range {
-            min: mins[i],
-            max: maxs[i],
-            non_finite: u64::from(bad[i]),
-        });
+        min = min.min(mins[i]);
+        max = max.max(maxs[i]);
+        any_nan |= nan[i] != 0;
     }
     for &x in rest {
+        min = if x < min { x } else { min };
+        max = if x > max { x } else { max };
+        any_nan |= x.is_nan();
+    }
+    if any_nan || min.is_infinite() || max.is_infinite() {
+        // Also when the slice is empty: the exact scan then returns the empty range.
+        return scan_range_exact(values);
+    }
+    Range {
+        min,
+        max,
+        non_finite: 0,
+    }
+}
+
+/// [`scan_range`] for slices with non-finite values: counts them by their bits and keeps
+/// them out of min/max.
+fn scan_range_exact(values: &[f32]) -> Range {
+    let mut range = Range::EMPTY;
+    for &x in values {
         if x.is_finite() {
             range.min = range.min.min(x);
             range.max = range.max.max(x);
@@ -142,27 +161,56 @@ pub fn asymmetric_params(min: f32, max: f32) -> QuantParams {
 
 /// Rounds half away from zero, exactly like `f32::round`, for |v| < 2^22.
 ///
-/// `f32::round` calls into libm and blocks vectorisation. Adding the largest float below 0.5
-/// (with the sign of `v`) and truncating gives the same result: for a fraction of exactly .5
-/// the sum rounds up to the next integer, and for anything below .5 it stays below it.
+/// `f32::round` calls into libm, and a float-to-int `as` cast saturates (and maps NaN to 0),
+/// which SSE2 cannot do for four lanes at once: both keep the loop scalar. Adding 1.5 * 2^23
+/// instead rounds to the nearest integer, ties to even, and leaves that integer in the low
+/// bits of the sum; every step is exact. A tie (`v - rounded` is exactly ±0.5) then moves
+/// one step away from zero when ties-to-even went towards it.
 #[inline(always)]
 fn round_half_away(v: f32) -> i32 {
-    const JUST_BELOW_HALF: f32 = 0.499_999_97;
-    (v + JUST_BELOW_HALF.copysign(v)) as i32
+    const MAGIC: f32 = 12_582_912.0;
+    let w = v + MAGIC;
+    let rounded = w - MAGIC;
+    let frac = v - rounded;
+    let k = w.to_bits() as i32 - MAGIC.to_bits() as i32;
+    k + i32::from(frac == 0.5 && v > 0.0) - i32::from(frac == -0.5 && v < 0.0)
 }
 
 /// Quantizes `values` into `out` (same length) with `p`. Non-finite inputs must have been
-/// ruled out by the caller; a NaN would come out as `zero_point`.
+/// ruled out by the caller; a NaN would come out as -128.
 pub fn quantize_into(values: &[f32], p: QuantParams, out: &mut [i8]) {
     debug_assert_eq!(values.len(), out.len());
-    // Clamping before rounding is the same as after, since both bounds are integers.
-    let lo = (-128 - p.zero_point) as f32;
-    let hi = (127 - p.zero_point) as f32;
-    let scale = p.scale;
-    let zp = p.zero_point;
+    let step = Stepper::new(p);
     for (o, &x) in out.iter_mut().zip(values) {
-        let v = (x / scale).clamp(lo, hi);
-        *o = (round_half_away(v) + zp) as i8;
+        *o = (step.step(x) + p.zero_point) as i8;
+    }
+}
+
+/// `x` to its rounded, clamped step `round(x / scale)` (the code less the zero point).
+#[derive(Clone, Copy)]
+struct Stepper {
+    scale: f32,
+    lo: f32,
+    hi: f32,
+}
+
+impl Stepper {
+    fn new(p: QuantParams) -> Stepper {
+        Stepper {
+            scale: p.scale,
+            lo: (-128 - p.zero_point) as f32,
+            hi: (127 - p.zero_point) as f32,
+        }
+    }
+
+    #[inline(always)]
+    fn step(self, x: f32) -> i32 {
+        // Clamping before rounding is the same as after, since both bounds are integers.
+        // The compare-and-select form is one packed max or min each (and sends NaN to `lo`).
+        let v = x / self.scale;
+        let v = if v > self.lo { v } else { self.lo };
+        let v = if v < self.hi { v } else { self.hi };
+        round_half_away(v)
     }
 }
 
@@ -236,28 +284,97 @@ impl ErrorStats {
 
 /// Measures the error of `codes` (quantized with `p`) against `values`.
 pub fn error_stats(values: &[f32], codes: &[i8], p: QuantParams) -> ErrorStats {
-    // f32 partial sums over short runs keep the loop vectorisable; f64 across runs keeps
-    // the total accurate for tensors of billions of elements.
+    let mut recon = [0f32; RUN];
     let mut total = ErrorStats::default();
-    for (xs, qs) in values.chunks(1024).zip(codes.chunks(1024)) {
-        let (mut s, mut n, mut m, mut d, mut r) = (0f32, 0f32, 0f32, 0f32, 0f32);
-        for (&x, &q) in xs.iter().zip(qs) {
-            let y = dequantize(q, p);
+    for (xs, qs) in values.chunks(RUN).zip(codes.chunks(RUN)) {
+        let n = xs.len().min(qs.len());
+        total = total.merge(run_stats(xs, qs, p, &mut recon[..n]));
+    }
+    total
+}
+
+/// Elements summed in f32 before the partial sums go into the f64 totals.
+const RUN: usize = 1024;
+
+/// Lanes of the error accumulators.
+const L: usize = 8;
+
+/// The error statistics of one run of at most [`RUN`] elements.
+///
+/// In two simple loops rather than one, because each then vectorises: the reconstructions
+/// (widening bytes to floats), then the sums in lanes ([`lane_sums`]). The run stays in L1
+/// cache between the two.
+#[inline(always)]
+fn run_stats(xs: &[f32], qs: &[i8], p: QuantParams, ys: &mut [f32]) -> ErrorStats {
+    for (y, &q) in ys.iter_mut().zip(qs) {
+        *y = dequantize(q, p);
+    }
+    sums(xs, ys)
+}
+
+/// The error statistics of values `xs` reconstructed as `ys`.
+#[inline(always)]
+fn sums(xs: &[f32], ys: &[f32]) -> ErrorStats {
+    let [mut s, mut n, mut m, mut d, mut r] = lane_sums(xs, ys);
+    let tail = xs.len().min(ys.len()) / L * L;
+    for (&x, &y) in xs[tail..].iter().zip(&ys[tail..]) {
+        let e = x - y;
+        s[0] += x * x;
+        n[0] += e * e;
+        m[0] = m[0].max(e.abs());
+        d[0] += x * y;
+        r[0] += y * y;
+    }
+    let sum = |a: [f32; L]| a.iter().map(|&v| f64::from(v)).sum::<f64>();
+    ErrorStats {
+        count: xs.len().min(ys.len()) as u64,
+        signal: sum(s),
+        noise: sum(n),
+        max_abs: f64::from(m.iter().fold(0f32, |a, &b| a.max(b))),
+        dot: sum(d),
+        recon: sum(r),
+    }
+}
+
+/// Σx², Σ(x-y)², max|x-y|, Σxy and Σy² over whole groups of [`L`] elements, each in
+/// [`L`] independent lanes: float addition is not associative, so a single running sum
+/// would be a serial chain that the compiler must keep scalar. Kept out of line: inlined
+/// into a larger loop nest, the same code was vectorised badly (lanes shuffled).
+#[inline(never)]
+fn lane_sums(xs: &[f32], ys: &[f32]) -> [[f32; L]; 5] {
+    let (mut s, mut n, mut m) = ([0f32; L], [0f32; L], [0f32; L]);
+    let (mut d, mut r) = ([0f32; L], [0f32; L]);
+    for (x8, y8) in xs.chunks_exact(L).zip(ys.chunks_exact(L)) {
+        for i in 0..L {
+            let (x, y) = (x8[i], y8[i]);
             let e = x - y;
-            s += x * x;
-            n += e * e;
-            m = m.max(e.abs());
-            d += x * y;
-            r += y * y;
+            let a = e.abs();
+            s[i] += x * x;
+            n[i] += e * e;
+            m[i] = if a > m[i] { a } else { m[i] };
+            d[i] += x * y;
+            r[i] += y * y;
         }
-        total = total.merge(ErrorStats {
-            count: xs.len() as u64,
-            signal: f64::from(s),
-            noise: f64::from(n),
-            max_abs: f64::from(m),
-            dot: f64::from(d),
-            recon: f64::from(r),
-        });
+    }
+    [s, n, m, d, r]
+}
+
+/// [`quantize_into`] and [`error_stats`], run by run, so that each run is read from memory
+/// once and measured while it is in cache. The reconstructions come from the rounded steps
+/// (`k as f32` is exact and equals `dequantize`'s `(q - zero_point) as f32`), so that the
+/// codes are not read back.
+fn quantize_measured(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStats {
+    let step = Stepper::new(p);
+    let mut recon = [0f32; RUN];
+    let mut total = ErrorStats::default();
+    for (xs, qs) in values.chunks(RUN).zip(out.chunks_mut(RUN)) {
+        let ys = &mut recon[..xs.len().min(qs.len())];
+        for ((o, y), &x) in qs.iter_mut().zip(ys.iter_mut()).zip(xs) {
+            let k = step.step(x);
+            *o = (k + p.zero_point) as i8;
+            *y = p.scale * k as f32;
+        }
+        total = total.merge(sums(xs, ys));
     }
     total
 }
@@ -268,10 +385,7 @@ pub fn quantize_par(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStat
     values
         .par_chunks(CHUNK)
         .zip(out.par_chunks_mut(CHUNK))
-        .map(|(xs, qs)| {
-            quantize_into(xs, p, qs);
-            error_stats(xs, qs, p)
-        })
+        .map(|(xs, qs)| quantize_measured(xs, p, qs))
         .reduce(ErrorStats::default, ErrorStats::merge)
 }
 
@@ -343,6 +457,17 @@ mod tests {
     }
 
     #[test]
+    fn fast_rounding_matches_f32_round_across_the_range() {
+        // Every 1009th float in [-300, 300] (the kernel sees at most [-255, 255]).
+        let top = 300f32.to_bits();
+        for bits in (0..=top).step_by(1009) {
+            for v in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                assert_eq!(round_half_away(v), v.round() as i32, "v = {v:e}");
+            }
+        }
+    }
+
+    #[test]
     fn top_of_range_lands_on_127_not_128() {
         // The notebook's bug: dividing by 256 without a clamp put the maximum on 128.
         let (p, q) = quantize(&[0.0, 0.5, 1.0]);
@@ -404,6 +529,44 @@ mod tests {
                 prop_assert!(err <= p.scale * 0.5 * (1.0 + 1e-4), "x={x} err={err} scale={}", p.scale);
                 prop_assert_eq!(code, reference_code(x, p));
             }
+        }
+
+        #[test]
+        fn scan_range_agrees_with_the_exact_scan(
+            values in prop::collection::vec(
+                prop_oneof![8 => -1e3f32..1e3, 1 => Just(f32::NAN), 1 => Just(f32::INFINITY),
+                    1 => Just(f32::NEG_INFINITY)],
+                0..200,
+            ),
+            clean in any::<bool>(),
+        ) {
+            let values: Vec<f32> = if clean {
+                values.into_iter().filter(|x| x.is_finite()).collect()
+            } else {
+                values
+            };
+            prop_assert_eq!(scan_range(&values), scan_range_exact(&values));
+        }
+
+        #[test]
+        fn error_stats_match_a_direct_f64_sum(values in prop::collection::vec(-1e3f32..1e3, 1..3000)) {
+            let (p, q) = quantize(&values);
+            let got = error_stats(&values, &q, p);
+            let (mut s, mut n, mut m, mut d, mut r) = (0f64, 0f64, 0f64, 0f64, 0f64);
+            for (&x, &c) in values.iter().zip(&q) {
+                let (x, y) = (f64::from(x), f64::from(dequantize(c, p)));
+                s += x * x;
+                n += (x - y) * (x - y);
+                m = m.max((x - y).abs());
+                d += x * y;
+                r += y * y;
+            }
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-30);
+            prop_assert_eq!(got.count, values.len() as u64);
+            prop_assert!(close(got.signal, s) && close(got.dot, d) && close(got.recon, r));
+            // The noise is a sum of small squares, each exact to f32 rounding of the error.
+            prop_assert!((got.noise - n).abs() <= 1e-4 * n.max(1e-30), "{} vs {n}", got.noise);
+            prop_assert!((got.max_abs - m).abs() <= 1e-6 * m.max(1e-30));
         }
 
         #[test]

@@ -398,7 +398,7 @@ fn stream<W: Write>(
     out.write_all(skeleton)?;
     let mut pos = skeleton.len() as u64;
     let zeros = [0u8; 32];
-    let mut codes: Vec<i8> = Vec::new();
+    let mut codes: [Vec<i8>; 2] = Default::default();
     for b in blocks {
         let len = b.source.len(plan);
         let start = if layout == Layout::Inline {
@@ -416,15 +416,7 @@ fn stream<W: Write>(
             Source::Quantize(j) => {
                 let job = &plan.jobs[*j];
                 let data = model.buffer_data(job.buffer);
-                for block in data.chunks(BLOCK * 4) {
-                    let n = block.len() / 4;
-                    codes.resize(n, 0);
-                    let s = crate::plan::with_f32(block, |values| {
-                        quant::quantize_par(values, job.params, &mut codes[..n])
-                    });
-                    stats[*j] = stats[*j].merge(s);
-                    out.write_all(bytemuck::cast_slice(&codes[..n]))?;
-                }
+                stats[*j] = write_quantized(data, job.params, &mut out, &mut codes)?;
             }
         }
         pos = b.at + len;
@@ -433,4 +425,45 @@ fn stream<W: Write>(
     out.write_all(&zeros[..(end - pos) as usize])?;
     out.flush()?;
     Ok((end, stats))
+}
+
+/// Quantizes the little-endian f32 `data` with `p` and writes the codes, block by block.
+/// While one block is written, the next is quantized on the thread pool, so the copy into
+/// the page cache overlaps the arithmetic instead of following it.
+fn write_quantized<W: Write>(
+    data: &[u8],
+    p: quant::QuantParams,
+    out: &mut W,
+    codes: &mut [Vec<i8>; 2],
+) -> std::io::Result<ErrorStats> {
+    // At least four blocks per tensor (of at least one parallel chunk each), so that small
+    // tensors overlap too; at most BLOCK elements, so that memory stays flat.
+    let elements = data.len() / 4;
+    let block = elements.div_ceil(4).clamp(quant::CHUNK, BLOCK);
+    let [current, next] = codes;
+    let mut blocks = data.chunks(block * 4);
+    let Some(first) = blocks.next() else {
+        return Ok(ErrorStats::default());
+    };
+    let mut stats = quantize_block(first, p, current);
+    for following in blocks {
+        let mut following_stats = ErrorStats::default();
+        let mut written = Ok(());
+        rayon::in_place_scope(|scope| {
+            scope.spawn(|_| following_stats = quantize_block(following, p, next));
+            written = out.write_all(bytemuck::cast_slice(current));
+        });
+        written?;
+        stats = stats.merge(following_stats);
+        std::mem::swap(current, next);
+    }
+    out.write_all(bytemuck::cast_slice(current))?;
+    Ok(stats)
+}
+
+/// Quantizes one block of little-endian f32 bytes into `codes` (resized to fit).
+fn quantize_block(bytes: &[u8], p: quant::QuantParams, codes: &mut Vec<i8>) -> ErrorStats {
+    let n = bytes.len() / 4;
+    codes.resize(n, 0);
+    crate::plan::with_f32(bytes, |values| quant::quantize_par(values, p, codes))
 }
