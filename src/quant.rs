@@ -592,7 +592,14 @@ mod tests {
             let mut qp = vec![0i8; values.len()];
             let stats = quantize_par(&values, p, &mut qp);
             prop_assert_eq!(&q, &qp);
-            prop_assert_eq!(stats.count, values.len() as u64);
+            // The fused pass measures what the separate one measures (up to summation order).
+            let direct = error_stats(&values, &q, p);
+            prop_assert_eq!(stats.count, direct.count);
+            prop_assert_eq!(stats.max_abs, direct.max_abs);
+            for (a, b) in [(stats.signal, direct.signal), (stats.noise, direct.noise),
+                (stats.dot, direct.dot), (stats.recon, direct.recon)] {
+                prop_assert!((a - b).abs() <= 1e-5 * b.abs(), "{a} vs {b}");
+            }
         }
     }
 }
