@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the large float32 .tflite models of the whole-run benchmark (scripts/bench.sh).
 
-    python scripts/bench_models.py build DIR   # once: mlp-1g, cnn-200m, small/ (100 models)
+    python scripts/bench_models.py build DIR [--huge]  # once: mlp-1g, cnn-200m, small/ (100),
+                                                       # with --huge also mlp-9g
     python scripts/bench_models.py check       # small models from the same code, run by LiteRT
 
 Needs numpy, flatbuffers and ai-edge-litert (the venv of scripts/oracle-env.sh has them).
@@ -77,6 +78,9 @@ LARGE = {
     "cnn-200m": lambda: cnn(8, [1024] * 6, 3, seed=2),
 }
 SMALL_COUNT = 100
+# Built only on request (--huge): its int8 output passes 2 GiB, so tflq writes the
+# buffers after the flatbuffer (offset/size layout). 36 x 8192x8192 = 9 GiB of weights.
+HUGE = {"mlp-9g": lambda: mlp([8192] * 37, seed=3)}
 
 
 def small(i: int) -> dict:
@@ -120,9 +124,10 @@ def full_weights(spec: dict) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------
 
 
-def skeleton(desc: dict) -> tuple[bytes, list[int]]:
-    """The model flatbuffer with empty placeholder data vectors, and the byte length of the
-    data of every buffer (0: none)."""
+def skeleton(desc: dict, external: bool = False) -> tuple[bytes, list[int]]:
+    """The model flatbuffer with placeholders for the data (empty `data` vectors, or with
+    `external` placeholder `offset`/`size` fields), and the byte length of the data of every
+    buffer (0: none)."""
     tensors, ops, buffers, sizes = [], [], [fb.BufferT()], [0]
 
     def tensor(shape, name, data_len=0):
@@ -132,7 +137,10 @@ def skeleton(desc: dict) -> tuple[bytes, list[int]]:
         t.name = name
         if data_len:
             b = fb.BufferT()
-            b.data = []  # placeholder, patched to point at the data after the skeleton
+            if external:
+                b.offset = b.size = 1  # non-default, so that the fields exist to patch
+            else:
+                b.data = []  # placeholder, patched to point at the data after the skeleton
             buffers.append(b)
             sizes.append(data_len)
             t.buffer = len(buffers) - 1
@@ -205,21 +213,31 @@ def align_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
 
-def write_model(desc: dict, path: str) -> int:
-    """Writes the model to `path` (atomically) and returns its size in bytes."""
-    skel, sizes = skeleton(desc)
+def write_model(desc: dict, path: str, force_external: bool = False) -> int:
+    """Writes the model to `path` (atomically) and returns its size in bytes. Models of 2 GiB
+    or more keep their data after the flatbuffer (`Buffer.offset`/`size`), as the converter
+    does: a flatbuffer's 32-bit offsets cannot reach further."""
+    data_len = sum(4 * (weights(l)[1] + l["bias"]) + 2 * ALIGN for l in desc["layers"])
+    external = force_external or data_len >= (1 << 31) - (1 << 20)
+    skel, sizes = skeleton(desc, external)
     buf = bytearray(skel)
     root = fb.Model.GetRootAs(buf, 0)
-    # Where each data block goes: after the skeleton, 16-byte aligned, 4-byte length before.
+    # Where each data block goes: after the skeleton, 16-byte aligned (inline: with its
+    # 4-byte length before it).
+    prefix = 0 if external else 4
     pos, places = len(buf), []
     for i in range(root.BuffersLength()):
         if not sizes[i]:
             places.append(None)
             continue
-        at = align_up(pos + 4, ALIGN)
+        at = align_up(pos + prefix, ALIGN)
         table = root.Buffers(i)._tab
-        field = table.Pos + table.Offset(4)  # Buffer.data
-        struct.pack_into("<I", buf, field, at - 4 - field)
+        if external:
+            struct.pack_into("<Q", buf, table.Pos + table.Offset(6), at)  # Buffer.offset
+            struct.pack_into("<Q", buf, table.Pos + table.Offset(8), sizes[i])  # Buffer.size
+        else:
+            field = table.Pos + table.Offset(4)  # Buffer.data
+            struct.pack_into("<I", buf, field, at - 4 - field)
         places.append(at)
         pos = at + sizes[i]
     total = align_up(pos, 4)
@@ -240,8 +258,9 @@ def write_model(desc: dict, path: str) -> int:
             written = len(buf)
             blocks = [p for p in places if p is not None]
             for at, (kind, gen, n) in zip(blocks, data):
-                f.write(b"\0" * (at - 4 - written))
-                f.write(struct.pack("<I", n))
+                f.write(b"\0" * (at - prefix - written))
+                if not external:
+                    f.write(struct.pack("<I", n))
                 written = at
                 if kind == "w":
                     left = n
@@ -267,7 +286,7 @@ def write_model(desc: dict, path: str) -> int:
 # --------------------------------------------------------------------------
 
 
-def build(out: str) -> None:
+def build(out: str, huge: bool) -> None:
     """Builds every benchmark model that is missing (or was built by other parameters)."""
     os.makedirs(os.path.join(out, "small"), exist_ok=True)
     stamp_path = os.path.join(out, "models.json")
@@ -277,6 +296,8 @@ def build(out: str) -> None:
     except (OSError, ValueError):
         stamp = {}
     wanted = {name: make() for name, make in LARGE.items()}
+    if huge:
+        wanted.update({name: make() for name, make in HUGE.items()})
     wanted.update(
         {f"small/small-{i:03d}": small(i) for i in range(SMALL_COUNT)}
     )
@@ -324,6 +345,7 @@ def check() -> None:
 
     cases = {
         "mlp": mlp([64, 96, 96, 10], seed=7),
+        "mlp-external": mlp([64, 96, 96, 10], seed=7),
         "cnn": cnn(6, [8, 16, 16], 3, seed=8),
         "small-0": small(0),
     }
@@ -331,7 +353,7 @@ def check() -> None:
     with tempfile.TemporaryDirectory() as d:
         for name, desc in cases.items():
             path = os.path.join(d, name + ".tflite")
-            size = write_model(desc, path)
+            size = write_model(desc, path, force_external=name.endswith("external"))
             interp = Interpreter(model_path=path)
             interp.allocate_tensors()
             inp = interp.get_input_details()[0]
@@ -353,10 +375,11 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the benchmark models into DIR (once)")
     b.add_argument("dir")
+    b.add_argument("--huge", action="store_true", help="also the 9 GiB model (offset/size output)")
     sub.add_parser("check", help="check the builder against LiteRT on small models")
     args = ap.parse_args()
     if args.cmd == "build":
-        build(args.dir)
+        build(args.dir, args.huge)
     else:
         check()
 

@@ -121,6 +121,8 @@ class Case:
         self.contender = contender  # (label, argv)
         self.output = output
         self.note = note
+        # Polling sees one process: not the tflq processes under a shell loop.
+        self.poll = contender[1][0] != "sh"
         self.times = {"base": [], "tflq": []}
         self.failed = None
         self.anon = self.rss = None
@@ -167,7 +169,7 @@ def measure(cases: list[Case], runs: int, scratch: str, memory: bool) -> None:
             settle()
             code, anon, rss = run_polled(c.contender[1])
             if code == 0:
-                c.anon, c.rss = anon, rss
+                c.anon, c.rss = (anon if c.poll else None), rss
         if not c.failed and os.path.exists(c.output):
             c.out_size = tree_size(c.output)
         clear(c.output)
@@ -213,6 +215,9 @@ def main() -> None:
     ap.add_argument("--scratch", help="where outputs go (default DATA/out)")
     ap.add_argument("--only", help="comma-separated case names")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory runs")
+    ap.add_argument(
+        "--huge", action="store_true", help="also the 9 GiB model (bench_models.py --huge)"
+    )
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument(
         "--google",
@@ -228,7 +233,10 @@ def main() -> None:
     out = os.path.join(scratch, "q.tflite")
     cp_out = os.path.join(scratch, "cp")
     cases = []
-    for name in ["mlp-1g", "cnn-200m"]:
+    names = ["mlp-1g", "cnn-200m"]
+    if args.huge:
+        names.append("mlp-9g")
+    for name in names:
         src = os.path.join(data, name + ".tflite")
         cases.append(
             Case(
