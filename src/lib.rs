@@ -29,7 +29,7 @@ use std::io::Write;
 pub use error::{Error, ModelError, Result};
 pub use files::{FileOptions, quantize_file};
 pub use model::Model;
-pub use plan::{Options, SkipReason};
+pub use plan::{LayoutPolicy, Options, SkipReason};
 pub use rewrite::Layout;
 pub use summary::Summary;
 
@@ -62,6 +62,6 @@ pub fn quantize_to<W: Write>(input: &[u8], opts: &Options, mut out: W) -> Result
             .map_err(Error::Write)?;
         return Ok(Summary::new(&model, &plan, None));
     }
-    let written = rewrite::write_model(&model, &plan, out)?;
+    let written = rewrite::write_model(&model, &plan, opts.layout, out)?;
     Ok(Summary::new(&model, &plan, Some(&written)))
 }

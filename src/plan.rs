@@ -12,17 +12,32 @@ use serde::Serialize;
 use crate::model::{DType, Model};
 use crate::quant::{self, QuantParams};
 
-/// Options that decide which tensors are quantized.
+/// Options that decide which tensors are quantized and how the output is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// Tensors with fewer elements stay float (0: quantize all).
     pub min_elements: u64,
+    /// Where buffer data goes in the output.
+    pub layout: LayoutPolicy,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { min_elements: 1024 }
+        Options {
+            min_elements: 1024,
+            layout: LayoutPolicy::Auto,
+        }
     }
+}
+
+/// Where the output's buffer data goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayoutPolicy {
+    /// Inline `data` vectors, or `offset`/`size` when the file would pass 2 GiB.
+    #[default]
+    Auto,
+    /// Always `offset`/`size` after the flatbuffer.
+    External,
 }
 
 /// Why a constant tensor was left as it is.

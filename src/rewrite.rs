@@ -20,7 +20,7 @@ use tflq_schema as fb;
 
 use crate::error::{Error, ModelError};
 use crate::model::{Model, op};
-use crate::plan::Plan;
+use crate::plan::{LayoutPolicy, Plan};
 use crate::quant::{self, ErrorStats};
 
 /// How buffer data is stored in the output.
@@ -83,9 +83,17 @@ struct Block {
 
 /// Writes the model that `plan` describes to `out`. `out` receives the bytes in order; it is
 /// never sought, so a pipe works.
-pub fn write_model<W: Write>(model: &Model<'_>, plan: &Plan, out: W) -> Result<Written, Error> {
+pub fn write_model<W: Write>(
+    model: &Model<'_>,
+    plan: &Plan,
+    policy: LayoutPolicy,
+    out: W,
+) -> Result<Written, Error> {
     let sources = buffer_sources(model, plan);
-    let mut layout = Layout::Inline;
+    let mut layout = match policy {
+        LayoutPolicy::Auto => Layout::Inline,
+        LayoutPolicy::External => Layout::External,
+    };
     let (skeleton, blocks, len) = loop {
         let skeleton = build_skeleton(model, plan, &sources, layout)?;
         let (blocks, len) = lay_out(skeleton.len() as u64, &sources, plan, layout);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
-use tflq::{FileOptions, Options, Summary};
+use tflq::{FileOptions, LayoutPolicy, Options, Summary};
 
 use super::exit;
 
@@ -25,6 +25,10 @@ pub struct Args {
     /// Leave float32 tensors with fewer elements than this in float (0: quantize all).
     #[arg(long, value_name = "N", default_value_t = 1024)]
     min_elements: u64,
+    /// Where weight data goes: `auto` (inline, or after the flatbuffer with offset/size when
+    /// the file would pass 2 GiB) or `external` (always after the flatbuffer).
+    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
+    layout: LayoutArg,
     /// Allow OUT to be the input file, replacing it.
     #[arg(long)]
     in_place: bool,
@@ -34,6 +38,12 @@ pub struct Args {
     /// Print nothing but errors and warnings.
     #[arg(short, long)]
     quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LayoutArg {
+    Auto,
+    External,
 }
 
 #[derive(Serialize)]
@@ -48,6 +58,10 @@ pub fn run(args: Args) -> Result<i32> {
     let opts = FileOptions {
         quant: Options {
             min_elements: args.min_elements,
+            layout: match args.layout {
+                LayoutArg::Auto => LayoutPolicy::Auto,
+                LayoutArg::External => LayoutPolicy::External,
+            },
         },
         in_place: args.in_place,
     };
