@@ -19,6 +19,7 @@
 pub mod error;
 pub mod files;
 pub mod model;
+pub mod ops;
 pub mod plan;
 pub mod quant;
 pub mod rewrite;
@@ -29,7 +30,7 @@ use std::io::Write;
 pub use error::{Error, ModelError, Result};
 pub use files::{FileOptions, quantize_file};
 pub use model::Model;
-pub use plan::{LayoutPolicy, Options, SkipReason};
+pub use plan::{Granularity, LayoutPolicy, Mode, Options, SkipReason, WeightType};
 pub use rewrite::Layout;
 pub use summary::Summary;
 

@@ -20,8 +20,11 @@ pub const CHUNK: usize = 1 << 16;
 pub struct QuantParams {
     /// Positive, finite step between two adjacent codes.
     pub scale: f32,
-    /// Code that represents 0.0 exactly, in [-128, 127].
+    /// Code that represents 0.0 exactly, in [-128, 127] (0 when symmetric).
     pub zero_point: i32,
+    /// Smallest code used: -128, or -127 for symmetric (narrow range) weights, which the
+    /// runtime's hybrid kernels require.
+    pub qmin: i32,
 }
 
 /// What a single pass over a tensor learns: its range and whether it can be quantized.
@@ -116,14 +119,17 @@ pub fn asymmetric_params(min: f32, max: f32) -> QuantParams {
             c if c > 0.0 => QuantParams {
                 scale: c,
                 zero_point: -128,
+                qmin: -128,
             },
             c if c < 0.0 => QuantParams {
                 scale: -c,
                 zero_point: 127,
+                qmin: -128,
             },
             _ => QuantParams {
                 scale: 1.0,
                 zero_point: -128,
+                qmin: -128,
             },
         };
     }
@@ -137,7 +143,33 @@ pub fn asymmetric_params(min: f32, max: f32) -> QuantParams {
     let zero_point = (-128.0 - lo / f64::from(scale))
         .round()
         .clamp(-128.0, 127.0) as i32;
-    QuantParams { scale, zero_point }
+    QuantParams {
+        scale,
+        zero_point,
+        qmin: -128,
+    }
+}
+
+/// Symmetric (zero point 0, codes in [-127, 127]) parameters for finite `min..=max`:
+/// `scale = max(|min|, |max|) / 127`. A constant tensor gets `scale = |c|` (code ±1), so it
+/// reconstructs exactly.
+pub fn symmetric_params(min: f32, max: f32) -> QuantParams {
+    let m = f64::from(min.abs().max(max.abs()));
+    let mut scale = if min == max {
+        m as f32
+    } else {
+        (m / 127.0) as f32
+    };
+    if scale == 0.0 {
+        scale = 1.0;
+    } else if !scale.is_normal() && min != max {
+        scale = f32::MIN_POSITIVE;
+    }
+    QuantParams {
+        scale,
+        zero_point: 0,
+        qmin: -127,
+    }
 }
 
 /// Rounds half away from zero, exactly like `f32::round`, for |v| < 2^22.
@@ -156,7 +188,7 @@ fn round_half_away(v: f32) -> i32 {
 pub fn quantize_into(values: &[f32], p: QuantParams, out: &mut [i8]) {
     debug_assert_eq!(values.len(), out.len());
     // Clamping before rounding is the same as after, since both bounds are integers.
-    let lo = (-128 - p.zero_point) as f32;
+    let lo = (p.qmin - p.zero_point) as f32;
     let hi = (127 - p.zero_point) as f32;
     let scale = p.scale;
     let zp = p.zero_point;
@@ -273,6 +305,175 @@ pub fn quantize_par(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStat
             error_stats(xs, qs, p)
         })
         .reduce(ErrorStats::default, ErrorStats::merge)
+}
+
+/// How one buffer's float32 values are stored in the output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoding {
+    /// int8 codes with one scale and zero point.
+    PerTensor(QuantParams),
+    /// int8 codes with one scale and zero point per index along `axis` of the tensor.
+    PerChannel(PerChannel),
+    /// IEEE half precision; values beyond ±65504 are clamped to it, never infinity.
+    Float16,
+}
+
+/// Per-channel parameters and the geometry needed to find each element's channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerChannel {
+    /// The quantized dimension.
+    pub axis: usize,
+    /// Product of the dimensions after `axis`: elements per run of one channel.
+    pub inner: usize,
+    /// One set of parameters per channel (`dims[axis]` of them).
+    pub params: Vec<QuantParams>,
+}
+
+impl PerChannel {
+    /// Channel of element `index` (row-major).
+    #[inline]
+    fn channel(&self, index: usize) -> usize {
+        (index / self.inner) % self.params.len()
+    }
+
+    /// Splits elements `first..first + len` into runs that share a channel.
+    fn runs(&self, first: usize, len: usize, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+        let mut i = 0;
+        while i < len {
+            let g = first + i;
+            let end = (len).min(i + (self.inner - g % self.inner));
+            f(self.channel(g), i..end);
+            i = end;
+        }
+    }
+}
+
+/// Largest finite float16 value.
+pub const F16_MAX: f32 = 65504.0;
+
+impl Encoding {
+    /// Bytes per encoded element.
+    pub fn element_size(&self) -> usize {
+        match self {
+            Encoding::Float16 => 2,
+            _ => 1,
+        }
+    }
+
+    /// Encodes `values`, elements `first..first + values.len()` of the tensor, into `out`
+    /// (`values.len() * element_size()` bytes) and measures the error.
+    pub fn encode(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
+        match self {
+            Encoding::PerTensor(p) => {
+                let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
+                quantize_into(values, *p, codes);
+                error_stats(values, codes, *p)
+            }
+            Encoding::PerChannel(pc) => {
+                let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
+                let mut stats = ErrorStats::default();
+                if pc.inner == 1 {
+                    // Last-axis channels (depthwise filters): the channel changes every element.
+                    for (i, (&x, q)) in values.iter().zip(codes.iter_mut()).enumerate() {
+                        let p = pc.params[pc.channel(first + i)];
+                        quantize_into(std::slice::from_ref(&x), p, std::slice::from_mut(q));
+                        stats = stats.merge(error_stats(&[x], std::slice::from_ref(q), p));
+                    }
+                } else {
+                    pc.runs(first, values.len(), |c, r| {
+                        let p = pc.params[c];
+                        quantize_into(&values[r.clone()], p, &mut codes[r.clone()]);
+                        stats = stats.merge(error_stats(&values[r.clone()], &codes[r], p));
+                    });
+                }
+                stats
+            }
+            Encoding::Float16 => {
+                let mut stats = ErrorStats::default();
+                for (xs, os) in values.chunks(1024).zip(out.chunks_mut(2048)) {
+                    let (mut s, mut n, mut m, mut d, mut r) = (0f64, 0f64, 0f64, 0f64, 0f64);
+                    for (&x, o) in xs.iter().zip(os.chunks_exact_mut(2)) {
+                        let h = half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
+                        o.copy_from_slice(&h.to_le_bytes());
+                        let (x, y) = (f64::from(x), f64::from(h.to_f32()));
+                        let e = x - y;
+                        s += x * x;
+                        n += e * e;
+                        m = m.max(e.abs());
+                        d += x * y;
+                        r += y * y;
+                    }
+                    stats = stats.merge(ErrorStats {
+                        count: xs.len() as u64,
+                        signal: s,
+                        noise: n,
+                        max_abs: m,
+                        dot: d,
+                        recon: r,
+                    });
+                }
+                stats
+            }
+        }
+    }
+
+    /// [`Encoding::encode`] over all cores.
+    pub fn encode_par(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
+        use rayon::prelude::*;
+        let size = self.element_size();
+        values
+            .par_chunks(CHUNK)
+            .zip(out.par_chunks_mut(CHUNK * size))
+            .enumerate()
+            .map(|(k, (xs, os))| self.encode(xs, first + k * CHUNK, os))
+            .reduce(ErrorStats::default, ErrorStats::merge)
+    }
+
+    /// The value the encoded element `index` of `bytes` stands for.
+    pub fn decode(&self, bytes: &[u8], index: usize) -> f32 {
+        match self {
+            Encoding::PerTensor(p) => dequantize(bytes[index] as i8, *p),
+            Encoding::PerChannel(pc) => {
+                dequantize(bytes[index] as i8, pc.params[pc.channel(index)])
+            }
+            Encoding::Float16 => {
+                half::f16::from_le_bytes([bytes[2 * index], bytes[2 * index + 1]]).to_f32()
+            }
+        }
+    }
+}
+
+/// Range of each channel along `axis` of a tensor with dimensions `dims` (row-major).
+pub fn channel_ranges(values: &[f32], dims: &[usize], axis: usize) -> Vec<Range> {
+    use rayon::prelude::*;
+    let channels = dims[axis];
+    let inner: usize = dims[axis + 1..].iter().product();
+    let slab = channels * inner;
+    if slab == 0 || values.is_empty() {
+        return vec![Range::EMPTY; channels];
+    }
+    let merge_all = |mut a: Vec<Range>, b: Vec<Range>| {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x = x.merge(y);
+        }
+        a
+    };
+    values
+        .par_chunks(slab)
+        .map(|slab| {
+            if inner == 1 {
+                let mut r = vec![Range::EMPTY; channels];
+                for row in slab.chunks(channels) {
+                    for (c, &x) in row.iter().enumerate() {
+                        r[c] = r[c].merge(scan_range(std::slice::from_ref(&x)));
+                    }
+                }
+                r
+            } else {
+                slab.chunks(inner).map(scan_range).collect()
+            }
+        })
+        .reduce(|| vec![Range::EMPTY; channels], merge_all)
 }
 
 /// Reads little-endian f32 values from raw tensor bytes into `out`.

@@ -1,5 +1,6 @@
 //! Command-line interface: clap definitions and the subcommands, over the library.
 
+mod options;
 mod quantize;
 
 use clap::{Parser, Subcommand};

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
-use tflq::{FileOptions, LayoutPolicy, Options, Summary};
+use tflq::{FileOptions, Summary};
+
+use super::options::QuantArgs;
 
 use super::exit;
 
@@ -22,13 +24,8 @@ pub struct Args {
     /// Where to write the quantized model (written atomically: complete or not at all).
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
-    /// Leave float32 tensors with fewer elements than this in float (0: quantize all).
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    min_elements: u64,
-    /// Where weight data goes: `auto` (inline, or after the flatbuffer with offset/size when
-    /// the file would pass 2 GiB) or `external` (always after the flatbuffer).
-    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
-    layout: LayoutArg,
+    #[command(flatten)]
+    quant: QuantArgs,
     /// Allow OUT to be the input file, replacing it.
     #[arg(long)]
     in_place: bool,
@@ -38,12 +35,6 @@ pub struct Args {
     /// Print nothing but errors and warnings.
     #[arg(short, long)]
     quiet: bool,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LayoutArg {
-    Auto,
-    External,
 }
 
 #[derive(Serialize)]
@@ -56,12 +47,12 @@ struct JsonSummary<'a> {
 
 pub fn run(args: Args) -> Result<i32> {
     let opts = FileOptions {
-        quant: Options {
-            min_elements: args.min_elements,
-            layout: match args.layout {
-                LayoutArg::Auto => LayoutPolicy::Auto,
-                LayoutArg::External => LayoutPolicy::External,
-            },
+        quant: match args.quant.to_options() {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("tflq: error: {e}");
+                return Ok(exit::USAGE);
+            }
         },
         in_place: args.in_place,
     };
