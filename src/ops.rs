@@ -46,15 +46,20 @@ pub fn channel_axis(code: i32, slot: usize, rank: usize) -> Option<usize> {
 /// How an operator with a hybrid kernel takes int8 weights directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hybrid {
-    /// Input slots holding weights that must all be int8 for the hybrid kernel.
+    /// Input slots holding weights that must all be int8 for the hybrid kernel: the runtime
+    /// refuses a mix, or (SVDF, bidirectional RNN) computes it wrongly.
     pub slots: &'static [usize],
+    /// Input slot of the float activation (`None`: the op has no float data input).
+    pub activation: Option<usize>,
     /// The hybrid kernel accepts per-channel weights (on [`channel_axis`]).
     pub per_channel: bool,
-    /// Smallest op version that declares the hybrid kernel (with asymmetric inputs when
-    /// [`Hybrid::asymmetric_inputs`] is set).
-    pub version: i32,
+    /// The hybrid kernel reads one scale per channel whatever the tensor says: a single
+    /// scale gives garbage (DEPTHWISE_CONV_2D), so per-tensor is written as a repeated scale.
+    pub requires_per_channel: bool,
+    /// Op version the converter writes for this hybrid kernel: per-tensor, per-channel.
+    pub version: (i32, i32),
     /// The options table has `asymmetric_quantize_inputs`, which tflq turns on: activations
-    /// are then quantized per row with their own zero point, which is more accurate.
+    /// are then quantized per row with their own zero point, as the converter does.
     pub asymmetric_inputs: bool,
 }
 
@@ -62,25 +67,49 @@ pub struct Hybrid {
 /// (9-11, optional) and projection (16, optional).
 const LSTM_SLOTS: &[usize] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16];
 
-/// The hybrid kernel of `code`, if the runtime has one.
+/// Bidirectional LSTM: the forward weights as in [`LSTM_SLOTS`], the backward ones 17 later,
+/// and the auxiliary-input weights of both directions (40-47).
+const BIDI_LSTM_SLOTS: &[usize] = &[
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 33, 40, 41,
+    42, 43, 44, 45, 46, 47,
+];
+
+/// The hybrid kernel of `code` in the TFLite runtime, if it has one. GATHER and CONV_3D
+/// have none (they keep the DEQUANTIZE path).
 pub fn hybrid(code: i32) -> Option<Hybrid> {
     let h = |slots, per_channel, version, asymmetric_inputs| Hybrid {
         slots,
+        activation: Some(0),
         per_channel,
+        requires_per_channel: false,
         version,
         asymmetric_inputs,
     };
     Some(match code {
-        FULLY_CONNECTED => h(&[1], true, 9, true),
-        CONV_2D => h(&[1], true, 2, false),
-        DEPTHWISE_CONV_2D => h(&[1], true, 4, false),
-        BATCH_MATMUL => h(&[1], false, 4, true),
-        EMBEDDING_LOOKUP => h(&[1], false, 2, false),
-        UNIDIRECTIONAL_SEQUENCE_LSTM => h(LSTM_SLOTS, false, 3, true),
-        LSTM => h(LSTM_SLOTS, false, 4, true),
-        SVDF => h(&[1, 2], false, 4, true),
-        RNN => h(&[1, 2], false, 3, true),
-        UNIDIRECTIONAL_SEQUENCE_RNN => h(&[1, 2], false, 3, true),
+        FULLY_CONNECTED => h(&[1], true, (9, 12), true),
+        CONV_2D => h(&[1], true, (2, 5), false),
+        DEPTHWISE_CONV_2D => Hybrid {
+            requires_per_channel: true,
+            ..h(&[1], true, (6, 6), false)
+        },
+        // Inputs: output shape, weights, activation, bias.
+        TRANSPOSE_CONV => Hybrid {
+            activation: Some(2),
+            ..h(&[1], true, (2, 2), false)
+        },
+        BATCH_MATMUL => h(&[1], false, (4, 4), true),
+        // Inputs: int32 ids, table: no float activation.
+        EMBEDDING_LOOKUP => Hybrid {
+            activation: None,
+            ..h(&[1], true, (1, 4), false)
+        },
+        UNIDIRECTIONAL_SEQUENCE_LSTM => h(LSTM_SLOTS, false, (3, 3), true),
+        LSTM => h(LSTM_SLOTS, false, (4, 4), true),
+        BIDIRECTIONAL_SEQUENCE_LSTM => h(BIDI_LSTM_SLOTS, false, (3, 3), true),
+        SVDF => h(&[1, 2], false, (4, 4), true),
+        RNN | UNIDIRECTIONAL_SEQUENCE_RNN => h(&[1, 2], false, (3, 3), true),
+        // Forward, backward, and the two auxiliary weight matrices.
+        BIDIRECTIONAL_SEQUENCE_RNN => h(&[1, 2, 5, 6, 10, 11], false, (3, 3), true),
         _ => return None,
     })
 }

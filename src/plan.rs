@@ -473,7 +473,13 @@ pub fn plan(model: &Model<'_>, opts: &Options) -> Plan {
                     quant::asymmetric_params(r.min, r.max)
                 }
             };
-            let axis = match opts.granularity {
+            // A direct reader whose kernel only reads per-channel scales gets them, repeated
+            // from the whole-tensor parameters when per-tensor was asked for.
+            let required = reads
+                .iter()
+                .find(|r| r.2 && ops::hybrid(r.0).is_some_and(|h| h.requires_per_channel))
+                .and_then(|r| ops::channel_axis(r.0, r.1, shape.len()));
+            let agreed = match opts.granularity {
                 Granularity::PerTensor => None,
                 Granularity::PerChannel => match channel_axis(&reads, shape.len()) {
                     Ok(axis) if shape[axis] > 1 => Some(axis),
@@ -487,18 +493,23 @@ pub fn plan(model: &Model<'_>, opts: &Options) -> Plan {
                     }
                 },
             };
-            match axis {
-                None => Encoding::PerTensor(params(range)),
-                Some(axis) => {
+            let per_channel = |axis: usize, params: Vec<quant::QuantParams>| {
+                Encoding::PerChannel(PerChannel {
+                    axis,
+                    inner: shape[axis + 1..].iter().product(),
+                    params,
+                })
+            };
+            match (agreed, required) {
+                (Some(axis), r) if r.is_none_or(|r| r == axis) => {
                     let ranges = with_f32(model.buffer_data(buffer), |v| {
                         quant::channel_ranges(v, &shape, axis)
                     });
-                    Encoding::PerChannel(PerChannel {
-                        axis,
-                        inner: shape[axis + 1..].iter().product(),
-                        params: ranges.into_iter().map(params).collect(),
-                    })
+                    fallback = None;
+                    per_channel(axis, ranges.into_iter().map(params).collect())
                 }
+                (_, Some(axis)) => per_channel(axis, vec![params(range); shape[axis]]),
+                (_, None) => Encoding::PerTensor(params(range)),
             }
         };
         jobs.push(BufferJob {
@@ -561,7 +572,9 @@ fn hybrid_ops(model: &Model<'_>, candidates: &BTreeMap<u32, Vec<TensorRef>>) -> 
                     .and_then(|&t| usize::try_from(t).ok())
                     .and_then(|t| sg.tensors.get(t).map(|x| (t, x)))
             };
-            let activation_is_float = tensor(0).is_some_and(|(_, t)| t.dtype == DType::FLOAT32);
+            let activation_is_float = h
+                .activation
+                .is_none_or(|slot| tensor(slot).is_some_and(|(_, t)| t.dtype == DType::FLOAT32));
             let mut any = false;
             let all = h.slots.iter().all(|&slot| match tensor(slot) {
                 None => true, // optional input left out

@@ -175,11 +175,22 @@ fn build_skeleton(
     };
     for h in &plan.hybrid_ops {
         let o = &model.subgraphs[h.subgraph].ops[h.op];
-        if let (Some(spec), Some(c)) = (
-            crate::ops::hybrid(o.code),
-            codes.get_mut(opcode_index(model, h)?),
-        ) {
-            c.version = c.version.max(spec.version);
+        let Some(spec) = crate::ops::hybrid(o.code) else {
+            continue;
+        };
+        let per_channel = spec.slots.iter().any(|&slot| {
+            let t = o.inputs.get(slot).and_then(|&t| usize::try_from(t).ok());
+            per_subgraph[h.subgraph].iter().any(|&(ti, j, _)| {
+                Some(ti) == t && matches!(plan.jobs[j].encoding, Encoding::PerChannel(_))
+            })
+        });
+        let version = if per_channel {
+            spec.version.1
+        } else {
+            spec.version.0
+        };
+        if let Some(c) = codes.get_mut(opcode_index(model, h)?) {
+            c.version = c.version.max(version);
         }
     }
 
@@ -345,12 +356,13 @@ fn dequantize_opcode(
     u32::try_from(index).map_err(|_| too_big("too many operator codes"))
 }
 
-/// The DEQUANTIZE version that takes this input: 2 for int8 (per-tensor or per-channel),
-/// 3 for float16.
+/// The DEQUANTIZE version the converter writes for this input: 2 for int8, 3 for float16,
+/// 5 for per-channel int8.
 fn dequantize_version(e: &Encoding) -> i32 {
     match e {
+        Encoding::PerTensor(_) => 2,
         Encoding::Float16 => 3,
-        Encoding::PerTensor(_) | Encoding::PerChannel(_) => 2,
+        Encoding::PerChannel(_) => 5,
     }
 }
 
