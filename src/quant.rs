@@ -633,4 +633,68 @@ mod tests {
             prop_assert_eq!(stats.count, values.len() as u64);
         }
     }
+
+    /// Per-channel encoding equals per-tensor encoding of each channel's own slice, for any
+    /// axis and any block start (the streaming writer starts blocks anywhere).
+    #[test]
+    fn per_channel_is_per_tensor_on_each_channel() {
+        let dims = [3usize, 4, 5];
+        let values: Vec<f32> = (0..60)
+            .map(|i| ((i * 37 % 61) as f32 - 30.0) * (1.0 + (i % 4) as f32))
+            .collect();
+        for axis in 0..3 {
+            let ranges = channel_ranges(&values, &dims, axis);
+            let inner: usize = dims[axis + 1..].iter().product();
+            let params: Vec<_> = ranges
+                .iter()
+                .map(|r| asymmetric_params(r.min, r.max))
+                .collect();
+            let e = Encoding::PerChannel(PerChannel {
+                axis,
+                inner,
+                params: params.clone(),
+            });
+            let mut whole = vec![0u8; 60];
+            e.encode(&values, 0, &mut whole);
+            let mut pieces = vec![0u8; 60];
+            for (start, end) in [(0, 7), (7, 33), (33, 60)] {
+                e.encode(&values[start..end], start, &mut pieces[start..end]);
+            }
+            assert_eq!(whole, pieces, "axis {axis}");
+            for (i, &x) in values.iter().enumerate() {
+                let c = (i / inner) % dims[axis];
+                let mut q = [0i8];
+                quantize_into(&[x], params[c], &mut q);
+                assert_eq!(whole[i] as i8, q[0], "axis {axis} element {i}");
+                assert!((e.decode(&whole, i) - x).abs() <= params[c].scale * 0.5001);
+                // The channel's range is what the slice's own scan gives.
+                assert!(ranges[c].min <= x && x <= ranges[c].max);
+            }
+        }
+    }
+
+    #[test]
+    fn symmetric_codes_stay_within_127() {
+        let values = [-3.0f32, -1.0, 0.0, 2.0, 2.9];
+        let r = scan_range(&values);
+        let p = symmetric_params(r.min, r.max);
+        assert_eq!((p.zero_point, p.qmin), (0, -127));
+        let mut q = [0i8; 5];
+        quantize_into(&values, p, &mut q);
+        assert_eq!(q[0], -127);
+        assert!(q.iter().all(|&c| c >= -127));
+        let c = symmetric_params(-2.5, -2.5);
+        assert_eq!(dequantize(-1, c), -2.5);
+    }
+
+    #[test]
+    fn float16_clamps_instead_of_overflowing() {
+        let values = [1e6f32, -1e9, 1.0, 65504.0, 1e-8];
+        let mut out = [0u8; 10];
+        let stats = Encoding::Float16.encode(&values, 0, &mut out);
+        let back: Vec<f32> = (0..5).map(|i| Encoding::Float16.decode(&out, i)).collect();
+        assert_eq!(&back[..4], &[65504.0, -65504.0, 1.0, 65504.0]);
+        assert!(back.iter().all(|v| v.is_finite()));
+        assert_eq!(stats.count, 5);
+    }
 }
