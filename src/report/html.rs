@@ -37,6 +37,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24p
 h1{font-size:22px;margin:0 0 12px}h2{font-size:17px;margin:28px 0 8px}
 dl.summary{display:grid;grid-template-columns:max-content auto;gap:4px 16px;margin:0}
 dl.summary dt{font-weight:600;color:#4a5568}dl.summary dd{margin:0}
+.scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
 th,td{padding:4px 8px;border-bottom:1px solid #e2e8f0;white-space:nowrap}
 th{position:sticky;top:0;background:#f7fafc;cursor:pointer;user-select:none;text-align:left}
@@ -195,16 +196,15 @@ pub fn plot(h: &Histograms) -> io::Result<String> {
             .disable_mesh()
             .x_labels(6)
             .y_labels(5)
-            .x_label_formatter(&|v| format!("{v:.3}"))
+            .x_label_formatter(&|v| {
+                if v.abs() < (hi - lo) * 1e-6 {
+                    "0".to_owned()
+                } else {
+                    format!("{v:.3}")
+                }
+            })
             .y_desc("count")
             .draw()
-            .map_err(plot_error)?;
-        let w = (hi - lo) / h.values.len() as f64;
-        chart
-            .draw_series(h.values.iter().enumerate().map(|(i, &c)| {
-                let x0 = lo + w * i as f64;
-                Rectangle::new([(x0, 0), (x0 + w, c)], RGBColor(66, 110, 196).filled())
-            }))
             .map_err(plot_error)?;
         // The grid: a tick at the bottom for every value an int8 code stands for.
         let tick = (top / 12).max(1);
@@ -212,11 +212,18 @@ pub fn plot(h: &Histograms) -> io::Result<String> {
             .draw_series(h.grid.iter().map(|&g| {
                 PathElement::new(
                     vec![(f64::from(g), 0), (f64::from(g), tick)],
-                    RGBColor(214, 69, 65).stroke_width(1),
+                    RGBColor(214, 69, 65).mix(0.5).stroke_width(1),
                 )
             }))
             .map_err(plot_error)?;
 
+        let w = (hi - lo) / h.values.len() as f64;
+        chart
+            .draw_series(h.values.iter().enumerate().map(|(i, &c)| {
+                let x0 = lo + w * i as f64;
+                Rectangle::new([(x0, 0), (x0 + w, c)], RGBColor(66, 110, 196).filled())
+            }))
+            .map_err(plot_error)?;
         let half = if h.half_step > 0.0 { h.half_step } else { 1.0 };
         let etop = h.errors.iter().copied().max().unwrap_or(0).max(1);
         let title = if h.errors_outside > 0 {
@@ -236,7 +243,14 @@ pub fn plot(h: &Histograms) -> io::Result<String> {
             .disable_mesh()
             .x_labels(5)
             .y_labels(5)
-            .x_label_formatter(&|v| format!("{v:.2e}"))
+            .x_label_formatter(&|v| {
+                // The middle label would read -1e-19 from float rounding.
+                if v.abs() < half * 1e-6 {
+                    "0".to_owned()
+                } else {
+                    format!("{v:.2e}")
+                }
+            })
             .draw()
             .map_err(plot_error)?;
         let w = 2.0 * half / h.errors.len() as f64;
@@ -285,7 +299,7 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
     )?;
     writeln!(
         out,
-        "<table class=\"sortable\" id=\"tensor-table\">\n<thead><tr>"
+        "<div class=\"scroll\"><table class=\"sortable\" id=\"tensor-table\">\n<thead><tr>"
     )?;
     if let Some(first) = report.tensors.first() {
         for (head, c) in cells(first, against) {
@@ -322,7 +336,7 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
         }
         writeln!(out, "</tr>")?;
     }
-    writeln!(out, "</tbody>\n</table>\n</section>")?;
+    writeln!(out, "</tbody>\n</table></div>\n</section>")?;
 
     let plotted: Vec<&TensorRow> = report
         .tensors

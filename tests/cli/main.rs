@@ -3,7 +3,9 @@
 //! Each test gets its own temporary folder; fixtures are read from `fixtures/` and never
 //! written (a test copies a fixture first when it needs to change it).
 
+mod inspect;
 mod quantize;
+mod report;
 
 use std::path::{Path, PathBuf};
 
