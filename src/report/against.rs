@@ -367,5 +367,20 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
             }
         }
     }
-    Report::new(rows, skipped, unmatched)
+    let mut report = Report::new(rows, skipped, unmatched);
+    // A real original reconstructs with an error far below the signal; 0 dB or less means
+    // the operators lined up but the float model is not the one this model was made from.
+    report.warnings = report
+        .tensors
+        .iter()
+        .filter(|r| r.sqnr <= 0.0)
+        .map(|r| {
+            format!(
+                "subgraph {} tensor {} ({}): SQNR {:.1} dB; the matched float tensor is probably \
+                 not its original (is MODEL the model it was quantized from?)",
+                r.subgraph, r.tensor, r.name, r.sqnr
+            )
+        })
+        .collect();
+    report
 }

@@ -206,6 +206,9 @@ pub fn summary_lines(report: &Report) -> Vec<(&'static str, String)> {
             ),
         ));
     }
+    for w in &report.warnings {
+        lines.push(("warning", w.clone()));
+    }
     if let Some(m) = s.mean_sqnr_db {
         let mut t = format!("{m:.2} dB SQNR (element-weighted)");
         if s.exact > 0 {

@@ -231,6 +231,8 @@ pub struct Report {
     pub skipped: Vec<SkippedRow>,
     /// Quantized tensors of the other model that match no float tensor.
     pub unmatched: Vec<Unmatched>,
+    /// Things to look at, e.g. a match whose error is as large as the signal.
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -293,6 +295,7 @@ impl Report {
             tensors,
             skipped,
             unmatched,
+            warnings: Vec::new(),
         }
     }
 }
