@@ -14,14 +14,18 @@
 //! ```
 //!
 //! [`quantize_file`] does the same from path to path, memory-mapping the input and writing
-//! the output atomically.
+//! the output atomically. [`report`] measures what int8 costs each weight tensor (of the
+//! quantization `quantize` would do, or of a model quantized by any tool), and [`inspect`]
+//! describes what a model holds.
 
 pub mod error;
 pub mod files;
+pub mod inspect;
 pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod quant;
+pub mod report;
 pub mod rewrite;
 pub mod summary;
 
@@ -31,6 +35,7 @@ pub use error::{Error, ModelError, Result};
 pub use files::{FileOptions, quantize_file};
 pub use model::Model;
 pub use plan::{Granularity, LayoutPolicy, Mode, Options, SkipReason, WeightType};
+pub use report::{Report, ReportOptions};
 pub use rewrite::Layout;
 pub use summary::Summary;
 

@@ -256,12 +256,16 @@ impl ErrorStats {
     }
 
     /// Σx·x' / (|x|·|x'|); 1 when both are all zero.
+    ///
+    /// Computed as (Σx² + Σx'² - Σ(x-x')²) / (2·|x|·|x'|), which equals it: the rounding of
+    /// the f32 partial sums of Σx² and Σx'² then cancels between numerator and denominator,
+    /// whereas Σx·x' / (|x|·|x'|) loses the digits that tell 0.99996 from 0.99997.
     pub fn cosine(&self) -> f64 {
         let d = (self.signal * self.recon).sqrt();
         if d == 0.0 {
             if self.signal == self.recon { 1.0 } else { 0.0 }
         } else {
-            self.dot / d
+            ((self.signal + self.recon - self.noise) / (2.0 * d)).clamp(-1.0, 1.0)
         }
     }
 }
@@ -498,6 +502,77 @@ pub fn as_f32(bytes: &[u8]) -> Option<&[f32]> {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Report statistics: how a tensor's codes use the int8 range, and errors per channel.
+// Used by `report` (and nothing else); kept apart so that the schemes above can change
+// without touching it.
+// ---------------------------------------------------------------------------------------
+
+/// How often each code occurs: index `code + 128`.
+pub fn code_histogram(codes: &[i8]) -> [u64; 256] {
+    let mut h = [0u64; 256];
+    for &q in codes {
+        h[(i16::from(q) + 128) as usize] += 1;
+    }
+    h
+}
+
+/// How a tensor's codes use the 256 int8 levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeUse {
+    /// Number of distinct codes that occur (of 256).
+    pub levels: u32,
+    /// Number of values whose code is an end of the range the scheme allows.
+    pub at_edges: u64,
+    /// Number of values.
+    pub count: u64,
+}
+
+impl CodeUse {
+    /// Reads a [`code_histogram`]. The edges are -128 and 127, except for a symmetric scheme
+    /// (`symmetric`: every zero point is 0) that never uses -128: its range is -127..=127,
+    /// as written by converters that keep the range symmetric.
+    pub fn from_histogram(h: &[u64; 256], symmetric: bool) -> CodeUse {
+        let lo = if symmetric && h[0] == 0 { 1 } else { 0 };
+        CodeUse {
+            levels: h.iter().filter(|&&n| n > 0).count() as u32,
+            at_edges: h[lo] + h[255],
+            count: h.iter().sum(),
+        }
+    }
+
+    /// Share of values at the edges, in [0, 1] (0 for an empty tensor).
+    pub fn edge_share(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.at_edges as f64 / self.count as f64
+        }
+    }
+}
+
+/// [`error_stats`] for codes with one parameter pair per channel: element `i` belongs to
+/// channel `(i / inner) % params.len()` (`inner`: product of the dimensions after the channel
+/// axis). One pair and any `inner` is the per-tensor case.
+pub fn error_stats_channels(
+    values: &[f32],
+    codes: &[i8],
+    params: &[QuantParams],
+    inner: usize,
+) -> ErrorStats {
+    let mut total = ErrorStats::default();
+    if params.len() <= 1 || inner == 0 {
+        if let Some(&p) = params.first() {
+            total = error_stats(values, codes, p);
+        }
+        return total;
+    }
+    for (run, (xs, qs)) in values.chunks(inner).zip(codes.chunks(inner)).enumerate() {
+        total = total.merge(error_stats(xs, qs, params[run % params.len()]));
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,6 +664,44 @@ mod tests {
         let s = error_stats(&[0.0; 8], &q, p);
         assert_eq!(s.sqnr_db(), f64::INFINITY);
         assert_eq!(s.cosine(), 1.0);
+    }
+
+    #[test]
+    fn code_use_counts_levels_and_edges() {
+        let h = code_histogram(&[-128, -128, 0, 5, 127, 5]);
+        assert_eq!((h[0], h[128], h[133], h[255]), (2, 1, 2, 1));
+        let u = CodeUse::from_histogram(&h, false);
+        assert_eq!((u.levels, u.at_edges, u.count), (4, 3, 6));
+        assert_eq!(u.edge_share(), 0.5);
+        // Symmetric and never -128: the range is -127..=127.
+        let u = CodeUse::from_histogram(&code_histogram(&[-127, 0, 127, 3]), true);
+        assert_eq!((u.levels, u.at_edges), (4, 2));
+        // Symmetric but -128 used: the full range.
+        let u = CodeUse::from_histogram(&code_histogram(&[-128, -127, 127]), true);
+        assert_eq!(u.at_edges, 2);
+        assert_eq!(CodeUse::from_histogram(&[0; 256], false).edge_share(), 0.0);
+    }
+
+    #[test]
+    fn per_channel_stats_use_each_channel_s_parameters() {
+        // Shape [2, 3] quantized along axis 1 (inner 1) and along axis 0 (inner 3).
+        let values = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let codes = [1i8, 1, 1, 2, 2, 2];
+        let p = |s: f32| QuantParams {
+            scale: s,
+            zero_point: 0,
+            qmin: -128,
+        };
+        let cols = [p(1.0), p(2.0), p(3.0)];
+        let s = error_stats_channels(&values, &codes, &cols, 1);
+        // Reconstruction 1, 2, 3, 2, 4, 6: errors 0, 0, 0, 2, 1, 0.
+        assert_eq!((s.count, s.noise, s.max_abs), (6, 5.0, 2.0));
+        let rows = [p(1.0), p(2.5)];
+        let s = error_stats_channels(&values, &codes, &rows, 3);
+        // Reconstruction 1, 1, 1, 5, 5, 5: errors 0, 1, 2, 1, 0, 1.
+        assert_eq!((s.noise, s.max_abs), (7.0, 2.0));
+        let one = error_stats_channels(&values, &codes, &[p(1.0)], 7);
+        assert_eq!(one, error_stats(&values, &codes, p(1.0)));
     }
 
     proptest! {

@@ -35,6 +35,12 @@ pub struct Args {
     /// Print nothing but errors and warnings.
     #[arg(short, long)]
     quiet: bool,
+    /// Also write the quantization-error report of the written model to FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "in_place")]
+    report: Option<PathBuf>,
+    /// Format of --report [default: from its extension, else table].
+    #[arg(long, value_name = "FORMAT", value_parser = tflq::report::Format::NAMES, requires = "report")]
+    report_format: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +63,10 @@ pub fn run(args: Args) -> Result<i32> {
         in_place: args.in_place,
     };
     let summary = tflq::quantize_file(&args.input, &args.output, &opts)?;
+    if let Some(report) = &args.report {
+        let (input, format) = (&args.input, args.report_format.as_deref());
+        super::report::after_quantize(input, &args.output, opts.quant.clone(), report, format)?;
+    }
     for w in &summary.warnings {
         eprintln!("tflq: warning: {}: {w}", args.input.display());
     }

@@ -3,8 +3,10 @@
 //! Each test gets its own temporary folder; fixtures are read from `fixtures/` and never
 //! written (a test copies a fixture first when it needs to change it).
 
+mod inspect;
 mod modes;
 mod quantize;
+mod report;
 
 use std::path::{Path, PathBuf};
 
