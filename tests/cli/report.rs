@@ -470,3 +470,58 @@ fn a_missing_model_names_the_file() {
         .code(1)
         .stderr(predicates::str::contains("no-such.tflite"));
 }
+
+/// Every scheme: the planned report of a mode gives exactly the numbers measured on the model
+/// that `quantize` writes in that mode (hybrid weights matched through the op's input slot).
+#[test]
+fn each_mode_reports_the_error_its_written_model_has() {
+    let modes: [&[&str]; 4] = [
+        &["--granularity", "per-channel"],
+        &["--symmetric"],
+        &["--mode", "dynamic"],
+        &["--mode", "dynamic", "--granularity", "per-channel"],
+    ];
+    for name in ["cnn.tflite", "mlp.tflite", "lstm.tflite"] {
+        let model = fixture(name);
+        let per_tensor = report_json(&[p(&model)]);
+        for flags in modes {
+            let dir = tmp();
+            let out = dir.path().join("q.tflite");
+            tflq()
+                .args(["quantize", "-q"])
+                .args(flags)
+                .arg(fixture(name))
+                .arg("-o")
+                .arg(&out)
+                .assert()
+                .success();
+            let mut args = vec![p(&model)];
+            args.extend_from_slice(flags);
+            let planned = report_json(&args);
+            let measured = report_json(&[p(&fixture(name)), "--against", p(&out)]);
+            let key = |v: &Value| {
+                let mut rows: Vec<(String, String)> = v["tensors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (
+                            r["name"].as_str().unwrap().to_owned(),
+                            r["sqnr_db"].to_string(),
+                        )
+                    })
+                    .collect();
+                rows.sort();
+                rows
+            };
+            assert_eq!(key(&planned), key(&measured), "{name} {flags:?}");
+            if flags.contains(&"per-channel") && name != "lstm.tflite" {
+                let mean = |v: &Value| v["summary"]["mean_sqnr_db"].as_f64().unwrap();
+                assert!(
+                    mean(&planned) > mean(&per_tensor),
+                    "{name}: per-channel is no better"
+                );
+            }
+        }
+    }
+}
