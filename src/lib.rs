@@ -14,8 +14,10 @@
 //! ```
 //!
 //! [`quantize_file`] does the same from path to path, memory-mapping the input and writing
-//! the output atomically.
+//! the output atomically, and [`batch::quantize_all`] does it for every model under a set of
+//! folders, in parallel.
 
+pub mod batch;
 pub mod error;
 pub mod files;
 pub mod model;
