@@ -521,6 +521,70 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_inputs_give_each_file_once_and_exclusions_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path().join("s");
+        for rel in [
+            "a/m.tflite",
+            "a/deep/n.TFLITE",
+            "a/x.txt",
+            "b/o.tflite",
+            "b/out/old.tflite",
+        ] {
+            let p = s.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, rel).unwrap();
+        }
+        fs::write(s.join("a/.tflq-XYZ.partial"), "left by a killed run").unwrap();
+        let inputs = [
+            s.join("a"),
+            s.join("b"),
+            s.join("a/m.tflite"),
+            s.join("a/x.txt"),
+        ];
+        let found = discover(
+            &inputs,
+            &DiscoverOptions {
+                exclude: vec![s.join("b/out"), s.join("does-not-exist")],
+                shard: None,
+            },
+        );
+        assert_eq!(found.root, s);
+        let got: Vec<(String, Kind)> = found
+            .files
+            .iter()
+            .map(|f| (f.relative.to_string_lossy().into_owned(), f.kind))
+            .collect();
+        let want = [
+            ("a/deep/n.TFLITE", Kind::Model),
+            ("a/m.tflite", Kind::Model),
+            ("a/x.txt", Kind::Other),
+            ("b/o.tflite", Kind::Model),
+        ];
+        let want: Vec<(String, Kind)> = want.iter().map(|(p, k)| ((*p).to_owned(), *k)).collect();
+        assert_eq!(got, want);
+        assert_eq!(found.files[1].bytes, "a/m.tflite".len() as u64);
+        assert_eq!(found.folders, [s.join("a"), s.join("b")]);
+        assert!(found.problems.is_empty());
+    }
+
+    #[test]
+    fn a_link_loop_is_reported_once_and_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path().join("s");
+        fs::create_dir_all(s.join("x/y")).unwrap();
+        fs::write(s.join("x/y/m.tflite"), "m").unwrap();
+        std::os::unix::fs::symlink("../..", s.join("x/y/up")).unwrap();
+        let found = discover(std::slice::from_ref(&s), &DiscoverOptions::default());
+        assert_eq!(found.files.len(), 1);
+        let [Problem::SymlinkLoop { path, target }] = found.problems.as_slice() else {
+            panic!("{:?}", found.problems);
+        };
+        assert_eq!(path, &s.join("x/y/up"));
+        assert_eq!(target, &s);
+    }
+
+    #[test]
     fn kinds_and_partials_are_recognized_by_name() {
         use std::ffi::OsStr;
         assert_eq!(kind_of(OsStr::new("m.tflite")), Kind::Model);

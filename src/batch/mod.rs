@@ -1,16 +1,16 @@
 //! Batch conversion: every model under a set of files and folders, in parallel, one report
 //! per model, and a failure in one model never stops the others.
 //!
-//! [`discover`] finds the files and where each one's output goes; [`run`] processes them;
+//! [`discover()`] finds the files and where each one's output goes; [`run`] processes them;
 //! [`quantize_all`] does both, keeping the output folder out of the inputs.
 //!
 //! Threads: `jobs` plain worker threads each take the next file, largest first (so a large
 //! model never starts last and the batch ends soon after its largest models), call
 //! [`quantize_file`] and send the result back over a channel; the calling thread collects
 //! the results and tells the [`Observer`]. The data-parallel loops inside one model (range
-//! scans, quantization) run on rayon's global pool, shared by all workers: the cores run at
-//! most one compute thread each whatever `jobs` is, and a large model left alone at the end
-//! of a batch still gets every core. A worker holds only the model it works on, mapped and
+//! scans, quantization) run on rayon's global pool, shared by all workers: those loops use
+//! one thread per core whatever `jobs` is, and a large model left alone at the end of a
+//! batch still gets every core. A worker holds only the model it works on, mapped and
 //! streamed to its output, so memory grows with the models in flight, not with the batch.
 //!
 //! After [`crate::files::request_stop`], no file is started; the writes in progress stop at
@@ -390,7 +390,7 @@ pub fn run(
                         break;
                     };
                     let _ = tx.send(Event::Started(i));
-                    let report = process(&files[i], output, opts);
+                    let report = process_guarded(&files[i], output, opts);
                     let _ = tx.send(Event::Finished(i, Box::new(report)));
                 }
             });
@@ -470,7 +470,29 @@ pub fn up_to_date(input: &Path, output: &Path) -> bool {
     }
 }
 
-/// Does one file: never panics on a bad file, never fails, reports.
+/// [`process`], with a panic (a bug of tflq's, which a strange model might reveal) turned
+/// into a failure of that one file, so that the rest of a long batch still gets done. The
+/// unwinding drops the temporary output, which removes it.
+fn process_guarded(found: &Found, out_root: &Path, opts: &BatchOptions) -> FileReport {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        process(found, out_root, opts)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        FileReport {
+            error: Some(format!(
+                "internal error, please report it: tflq panicked on this file: {what}"
+            )),
+            ..FileReport::new(found, out_root.join(&found.relative), Status::Failed)
+        }
+    })
+}
+
+/// Does one file and reports; a bad file is a failed report, never an error.
 fn process(found: &Found, out_root: &Path, opts: &BatchOptions) -> FileReport {
     let start = Instant::now();
     let output = out_root.join(&found.relative);
@@ -775,5 +797,132 @@ impl fmt::Display for BatchSummary {
             )?;
         }
         writeln!(f, "time:     {}", duration(t.seconds))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[derive(Default)]
+    struct Record {
+        planned: (usize, u64),
+        started: Vec<PathBuf>,
+        finished: Vec<(PathBuf, Status)>,
+    }
+
+    impl Observer for Record {
+        fn planned(&mut self, files: usize, bytes: u64) {
+            self.planned = (files, bytes);
+        }
+        fn started(&mut self, found: &Found) {
+            self.started.push(found.relative.clone());
+        }
+        fn finished(&mut self, found: &Found, report: &FileReport) {
+            self.finished.push((found.relative.clone(), report.status));
+        }
+    }
+
+    #[test]
+    fn one_job_starts_the_largest_model_first_and_reports_each_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(store.join("sub")).unwrap();
+        let names = [
+            ("a.tflite", "metadata.tflite"),
+            ("sub/b.tflite", "cnn.tflite"),
+            ("c.tflite", "mlp.tflite"),
+        ];
+        for (rel, fx) in names {
+            std::fs::write(store.join(rel), fixture(fx)).unwrap();
+        }
+        std::fs::write(store.join("bad.tflite"), b"nope").unwrap();
+        std::fs::write(store.join("notes.txt"), b"x").unwrap();
+        let out = dir.path().join("out");
+        let opts = BatchOptions {
+            jobs: 1,
+            ..BatchOptions::default()
+        };
+        let mut record = Record::default();
+        let summary = quantize_all(std::slice::from_ref(&store), &out, &opts, &mut record).unwrap();
+
+        let sizes: u64 = ["metadata.tflite", "cnn.tflite", "mlp.tflite"]
+            .iter()
+            .map(|f| fixture(f).len() as u64)
+            .sum();
+        assert_eq!(record.planned, (4, sizes + 4));
+        let started: Vec<&str> = record.started.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(
+            started,
+            ["sub/b.tflite", "c.tflite", "a.tflite", "bad.tflite"]
+        );
+        assert_eq!(record.finished.len(), 4);
+        assert_eq!(
+            record.finished.last(),
+            Some(&(PathBuf::from("bad.tflite"), Status::Failed))
+        );
+
+        // The summary is sorted by path, whatever the order of work.
+        let paths: Vec<&str> = summary
+            .files
+            .iter()
+            .map(|r| r.path.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            ["a.tflite", "bad.tflite", "c.tflite", "sub/b.tflite"]
+        );
+        assert_eq!(summary.root, store);
+        assert_eq!(summary.totals.quantized, 3);
+        assert_eq!(summary.totals.failed, 1);
+        assert_eq!(summary.totals.ignored, 1);
+        let bad = &summary.files[1];
+        assert_eq!(
+            bad.error.as_deref(),
+            Some("file is truncated or empty (4 bytes): not a TFLite model")
+        );
+        for r in summary
+            .files
+            .iter()
+            .filter(|r| r.status == Status::Quantized)
+        {
+            let written = std::fs::read(out.join(&r.path)).unwrap();
+            assert_eq!(r.output_bytes, Some(written.len() as u64));
+        }
+    }
+
+    #[test]
+    fn totals_keep_the_worst_sqnr_and_its_model() {
+        let mut t = Totals::default();
+        let found = Found {
+            path: PathBuf::from("in/x.tflite"),
+            relative: PathBuf::from("x.tflite"),
+            kind: Kind::Model,
+            bytes: 100,
+        };
+        for (rel, db) in [("a", 41.0), ("b", 33.5), ("c", 38.0)] {
+            let r = FileReport {
+                path: PathBuf::from(rel),
+                status: Status::Quantized,
+                output_bytes: Some(30),
+                tensors_quantized: 2,
+                worst_sqnr_db: Some(db),
+                ..FileReport::new(&found, PathBuf::from("out"), Status::Failed)
+            };
+            t.add(&r);
+        }
+        assert_eq!(t.worst_sqnr_db, Some(33.5));
+        assert_eq!(t.worst_model, Some(PathBuf::from("b")));
+        assert_eq!((t.input_bytes, t.output_bytes), (300, 90));
+        assert_eq!((t.quantized, t.tensors_quantized, t.errors), (3, 6, 0));
     }
 }
