@@ -43,10 +43,12 @@ pub fn run(
     }
     out.flush()?;
     if summary.interrupted {
+        let t = &summary.totals;
         eprintln!(
-            "tflq: interrupted: {} files done, {} not started; no partial output is left",
-            summary.files.len() - summary.totals.interrupted,
-            summary.totals.not_started + summary.totals.interrupted
+            "tflq: interrupted: {} files done, {} stopped while being written, {} not started; no partial output is left",
+            summary.files.len() - t.interrupted,
+            t.interrupted,
+            t.not_started
         );
         return Ok(exit::INTERRUPTED);
     }

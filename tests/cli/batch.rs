@@ -747,8 +747,9 @@ fn an_interrupted_batch_leaves_only_complete_outputs() {
         while tree(&out).is_empty() && child.try_wait().unwrap().is_none() {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+        // The shell's own `kill`: no dependency on a signal crate or on procps.
+        std::process::Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", child.id())])
             .status()
             .unwrap();
         let output = child.wait_with_output().unwrap();
