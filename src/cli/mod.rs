@@ -1,7 +1,10 @@
 //! Command-line interface: clap definitions and the subcommands, over the library.
 
 mod batch;
+mod inspect;
+mod options;
 mod quantize;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -16,7 +19,6 @@ pub mod exit {
     /// Interrupted (Ctrl-C); no partial output was left behind.
     pub const INTERRUPTED: i32 = 130;
     /// A quality gate (e.g. `--fail-below-sqnr`) was not met; the report was still printed.
-    #[allow(dead_code)]
     pub const GATE: i32 = 3;
 }
 
@@ -41,6 +43,8 @@ struct Cli {
 enum Command {
     #[command(after_help = EXIT_CODES)]
     Quantize(quantize::Args),
+    Inspect(inspect::Args),
+    Report(report::Args),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -60,6 +64,8 @@ pub fn main() -> i32 {
     let _ = ctrlc::set_handler(tflq::files::request_stop);
     let result = match cli.command {
         Command::Quantize(args) => quantize::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(code) => code,

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Serialize;
 use tflq::batch::{self, BatchOptions, Shard};
-use tflq::{FileOptions, Options, Summary};
+use tflq::{FileOptions, Summary};
+
+use super::options::QuantArgs;
 
 use super::exit;
 
@@ -20,12 +22,11 @@ const BATCH: &str = "Batch (folders or several inputs)";
 /// Tensors that are variable, sparse, too small, non-finite or share a buffer with a tensor
 /// that cannot be quantized are left as they are; the summary says which and why.
 ///
-/// With one input file, OUT is the quantized model (or a folder to put it in). With a folder
-/// or several inputs, every .tflite file found under them (following links, never looping) is
-/// quantized in parallel to the same relative path under the folder OUT, relative to the
-/// deepest folder holding all the inputs (with one folder input: that folder). A model that
-/// fails is reported and the others go on. Outputs are written atomically: complete or not at
-/// all, also when interrupted.
+/// With one input file, OUT is the quantized model. With a folder or several inputs, every
+/// .tflite file found under them (following links, never looping) is quantized in parallel to
+/// the same relative path under the folder OUT, relative to the deepest folder holding all the
+/// inputs (with one folder input: that folder). A model that fails is reported and the others
+/// go on. Outputs are written atomically: complete or not at all, also when interrupted.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Models to quantize: .tflite files, and folders searched recursively for them.
@@ -34,9 +35,8 @@ pub struct Args {
     /// The output model (one input file) or output folder (created if needed).
     #[arg(short, long, value_name = "OUT", required_unless_present = "in_place")]
     output: Option<PathBuf>,
-    /// Leave float32 tensors with fewer elements than this in float (0: quantize all).
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    min_elements: u64,
+    #[command(flatten)]
+    quant: QuantArgs,
     /// Allow outputs to replace their inputs; without -o, quantize the inputs in place.
     #[arg(long)]
     in_place: bool,
@@ -46,6 +46,13 @@ pub struct Args {
     /// Print nothing but errors and warnings (no progress bar, no summary).
     #[arg(short, long)]
     quiet: bool,
+    /// Also write the quantization-error report of the written model to FILE (one input
+    /// file only).
+    #[arg(long, value_name = "FILE", conflicts_with = "in_place")]
+    report: Option<PathBuf>,
+    /// Format of --report [default: from its extension, else table].
+    #[arg(long, value_name = "FORMAT", value_parser = tflq::report::Format::NAMES, requires = "report")]
+    report_format: Option<String>,
     /// Models processed at once [default: the number of cores].
     #[arg(short, long, value_name = "N", help_heading = BATCH)]
     jobs: Option<NonZeroUsize>,
@@ -74,8 +81,12 @@ struct JsonSummary<'a> {
 
 pub fn run(args: Args) -> Result<i32> {
     let file = FileOptions {
-        quant: Options {
-            min_elements: args.min_elements,
+        quant: match args.quant.to_options() {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("tflq: error: {e}");
+                return Ok(exit::USAGE);
+            }
         },
         in_place: args.in_place,
     };
@@ -85,6 +96,12 @@ pub fn run(args: Args) -> Result<i32> {
     };
     if single {
         return run_single(&args, &file);
+    }
+    if args.report.is_some() {
+        eprintln!(
+            "tflq: error: --report writes the report of one model: it needs exactly one input file"
+        );
+        return Ok(exit::USAGE);
     }
     let output = match &args.output {
         Some(o) => o.clone(),
@@ -101,15 +118,10 @@ pub fn run(args: Args) -> Result<i32> {
     super::batch::run(&args.inputs, &output, &opts, args.json, args.quiet)
 }
 
-/// One model: `OUT` is the output file, or a folder to put it in under its own name.
+/// One model: `OUT` is the output file.
 fn run_single(args: &Args, opts: &FileOptions) -> Result<i32> {
     let input = &args.inputs[0];
-    let mut output = args.output.clone().unwrap_or_else(|| input.clone());
-    if output.is_dir() {
-        if let Some(name) = input.file_name() {
-            output.push(name);
-        }
-    }
+    let output = args.output.clone().unwrap_or_else(|| input.clone());
     let skip = args.skip_existing
         && !tflq::files::same_file(input, &output)
         && batch::up_to_date(input, &output);
@@ -125,6 +137,10 @@ fn run_single(args: &Args, opts: &FileOptions) -> Result<i32> {
         return Ok(exit::OK);
     }
     let summary = tflq::quantize_file(input, &output, opts)?;
+    if let Some(report) = &args.report {
+        let format = args.report_format.as_deref();
+        super::report::after_quantize(input, &output, opts.quant.clone(), report, format)?;
+    }
     for w in &summary.warnings {
         eprintln!("tflq: warning: {}: {w}", input.display());
     }

@@ -644,25 +644,6 @@ fn a_bad_shard_is_a_usage_error() {
     }
 }
 
-#[test]
-fn one_file_into_a_folder_keeps_its_name() {
-    let dir = tmp();
-    let assert = tflq()
-        .args(["quantize", "--json"])
-        .arg(fixture("mlp.tflite"))
-        .arg("-o")
-        .arg(dir.path())
-        .assert()
-        .success();
-    // Still the single-model JSON object, not JSON lines.
-    let j = json(&assert.get_output().stdout);
-    assert_eq!(j["changed"], true);
-    assert_eq!(
-        std::fs::read(dir.path().join("mlp.tflite")).unwrap(),
-        expected(&fixture("mlp.tflite"))
-    );
-}
-
 /// A valid model with one FULLY_CONNECTED layer of `rows` x `cols` float32 weights.
 fn big_model(rows: i32, cols: i32) -> Vec<u8> {
     use tflq_schema as fb;

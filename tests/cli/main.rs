@@ -4,7 +4,10 @@
 //! written (a test copies a fixture first when it needs to change it).
 
 mod batch;
+mod inspect;
+mod modes;
 mod quantize;
+mod report;
 
 use std::path::{Path, PathBuf};
 
