@@ -761,3 +761,54 @@ fn an_interrupted_batch_leaves_only_complete_outputs() {
     }
     panic!("the batch always finished before the interrupt arrived");
 }
+
+#[test]
+fn the_quantization_flags_apply_to_every_model() {
+    let dir = tmp();
+    let store = store(dir.path());
+    let out = dir.path().join("out");
+    let flags = ["--granularity", "per-channel", "--min-elements", "0"];
+    tflq()
+        .args(["quantize", "-q"])
+        .args(flags)
+        .arg(&store)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1);
+    for (rel, _) in GOOD {
+        let single = dir.path().join("single.tflite");
+        tflq()
+            .args(["quantize", "-q"])
+            .args(flags)
+            .arg(store.join(rel))
+            .arg("-o")
+            .arg(&single)
+            .assert()
+            .success();
+        assert_eq!(
+            std::fs::read(out.join(rel)).unwrap(),
+            std::fs::read(&single).unwrap(),
+            "{rel}"
+        );
+        assert_ne!(std::fs::read(&single).unwrap(), expected(&store.join(rel)));
+    }
+}
+
+#[test]
+fn report_is_for_one_model_only() {
+    let dir = tmp();
+    let store = store(dir.path());
+    let assert = tflq()
+        .arg("quantize")
+        .arg(&store)
+        .arg("-o")
+        .arg(dir.path().join("out"))
+        .arg("--report")
+        .arg(dir.path().join("r.json"))
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr);
+    assert!(stderr.contains("exactly one input file"), "{stderr}");
+    assert!(!dir.path().join("out").exists());
+}
