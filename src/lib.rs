@@ -14,10 +14,12 @@
 //! ```
 //!
 //! [`quantize_file`] does the same from path to path, memory-mapping the input and writing
-//! the output atomically. [`report`] measures what int8 costs each weight tensor (of the
+//! the output atomically, and [`batch::quantize_all`] does it for every model under a set of
+//! folders, in parallel. [`report`] measures what int8 costs each weight tensor (of the
 //! quantization `quantize` would do, or of a model quantized by any tool), and [`inspect`]
 //! describes what a model holds.
 
+pub mod batch;
 pub mod error;
 pub mod files;
 pub mod inspect;

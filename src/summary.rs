@@ -231,7 +231,7 @@ impl Summary {
     }
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -246,7 +246,7 @@ fn human(bytes: u64) -> String {
     }
 }
 
-fn ratio(after: u64, before: u64) -> String {
+pub(crate) fn ratio(after: u64, before: u64) -> String {
     if before == 0 {
         "-".into()
     } else {

@@ -1,5 +1,6 @@
 //! Command-line interface: clap definitions and the subcommands, over the library.
 
+mod batch;
 mod inspect;
 mod options;
 mod quantize;
@@ -25,9 +26,10 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    success (including a model with nothing to quantize)
   1    a model or file could not be processed; the message names it and says why
-  2    invalid command line
+       (in a batch: some failed, every other one was processed)
+  2    invalid command line (also: an output folder that is the input folder)
   3    a quality gate (--fail-below-sqnr) was not met
-  130  interrupted; no partial output is left behind";
+  130  interrupted: no file is started after Ctrl-C, none is left partial";
 
 /// Quantize the float32 weights of TensorFlow Lite models to int8.
 #[derive(Debug, Parser)]
@@ -39,6 +41,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(after_help = EXIT_CODES)]
     Quantize(quantize::Args),
     Inspect(inspect::Args),
     Report(report::Args),
