@@ -22,9 +22,12 @@ use super::options::QuantArgs;
 /// range, bytes before and after.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The float .tflite model.
-    model: PathBuf,
-    /// Measure this quantized model of MODEL instead of quantizing MODEL in memory.
+    /// The float .tflite model; or several models and folders (every .tflite below them is
+    /// reported, in one table with a `model` column for csv).
+    #[arg(required = true, value_name = "MODEL")]
+    models: Vec<PathBuf>,
+    /// Measure this quantized model of MODEL instead of quantizing MODEL in memory (one
+    /// MODEL only).
     #[arg(long, value_name = "QUANTIZED")]
     against: Option<PathBuf>,
     /// The same choice of tensors and scheme as `quantize` (ignored with --against).
@@ -114,12 +117,86 @@ pub fn run(args: Args) -> Result<i32> {
         quant,
         histograms: format == Format::Html,
     };
+    let single = args.models.len() == 1 && !args.models[0].is_dir();
+    if !single {
+        if args.against.is_some() {
+            eprintln!("tflq: error: --against takes exactly one MODEL file");
+            return Ok(exit::USAGE);
+        }
+        return run_many(&args, format, &opts);
+    }
+    let model = &args.models[0];
     let report = match &args.against {
-        Some(q) => tflq::report::against_files(&args.model, q, &opts)?,
-        None => tflq::report::report_file(&args.model, &opts)?,
+        Some(q) => tflq::report::against_files(model, q, &opts)?,
+        None => tflq::report::report_file(model, &opts)?,
     };
     emit(&report, format, args.out.output.as_deref(), args.out.plots)?;
-    if let Some(db) = args.fail_below_sqnr {
+    Ok(gate(std::slice::from_ref(&report), args.fail_below_sqnr))
+}
+
+/// Reports every model under several inputs: one document, a line on stderr per model that
+/// could not be read (exit 1 after the rest is reported).
+fn run_many(args: &Args, format: Format, opts: &ReportOptions) -> Result<i32> {
+    if format == Format::Html {
+        eprintln!(
+            "tflq: error: the HTML report takes one model; use --format csv, json, markdown or table"
+        );
+        return Ok(exit::USAGE);
+    }
+    let exclude = args.out.output.iter().cloned().collect();
+    let found = tflq::batch::discover::discover(
+        &args.models,
+        &tflq::batch::discover::DiscoverOptions {
+            exclude,
+            shard: None,
+        },
+    );
+    let mut failed = found.problems.len();
+    for p in &found.problems {
+        eprintln!("tflq: error: {p}");
+    }
+    let mut reports = Vec::new();
+    for f in found.models() {
+        match tflq::report::report_file(&f.path, opts) {
+            Ok(mut r) => {
+                r.model = Some(f.relative.display().to_string());
+                reports.push(r);
+            }
+            Err(e) => {
+                eprintln!("tflq: error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    let fopts = FormatOptions {
+        width: width(args.out.output.is_none()),
+        plots: args.out.plots,
+    };
+    match &args.out.output {
+        Some(p) => {
+            use std::os::unix::fs::PermissionsExt;
+            tflq::files::write_atomic(p, Some(std::fs::Permissions::from_mode(0o644)), |w| {
+                tflq::report::format::write_reports(&reports, format, &fopts, w)
+                    .map_err(|e| tflq::Error::io(p, "write the report", e))
+            })?;
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            tflq::report::format::write_reports(&reports, format, &fopts, &mut stdout)?;
+            stdout.flush()?;
+        }
+    }
+    let code = gate(&reports, args.fail_below_sqnr);
+    Ok(if failed > 0 { exit::FAILED } else { code })
+}
+
+/// `--fail-below-sqnr`: names the worst tensor below the bound, and picks the exit code.
+fn gate(reports: &[Report], bound: Option<f64>) -> i32 {
+    let Some(db) = bound else {
+        return exit::OK;
+    };
+    let mut failing = 0;
+    for report in reports {
         let below = report.below(db);
         if let Some(worst) = below.first() {
             eprintln!(
@@ -131,10 +208,10 @@ pub fn run(args: Args) -> Result<i32> {
                 worst.tensor,
                 worst.name
             );
-            return Ok(exit::GATE);
+            failing += 1;
         }
     }
-    Ok(exit::OK)
+    if failing > 0 { exit::GATE } else { exit::OK }
 }
 
 /// `quantize --report FILE`: measures the model just written against its input.

@@ -87,6 +87,40 @@ pub fn write_report(
     }
 }
 
+/// Writes the reports of several models to `out` as one document: one CSV table (the
+/// `model` column tells the rows apart), a JSON array, or the table/Markdown reports one
+/// after another. HTML takes one model at a time.
+pub fn write_reports(
+    reports: &[Report],
+    format: Format,
+    opts: &FormatOptions,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    match format {
+        Format::Csv => {
+            writeln!(out, "{}", CSV_COLUMNS.join(","))?;
+            reports.iter().try_for_each(|r| csv_rows(r, out))
+        }
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, reports)?;
+            writeln!(out)
+        }
+        Format::Html => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the HTML report takes one model; use csv, json, markdown or table for several",
+        )),
+        Format::Table | Format::Markdown => {
+            for (i, r) in reports.iter().enumerate() {
+                if i > 0 {
+                    writeln!(out)?;
+                }
+                write_report(r, format, opts, out)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// `1.5 KiB` style sizes.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -494,6 +528,11 @@ fn csv_float(v: f64) -> String {
 
 fn csv(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     writeln!(out, "{}", CSV_COLUMNS.join(","))?;
+    csv_rows(report, out)
+}
+
+/// The rows of one report, without the header (several reports share one table).
+fn csv_rows(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     let model = report.model.clone().unwrap_or_default();
     for r in &report.tensors {
         let s = &r.scheme;

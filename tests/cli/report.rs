@@ -525,3 +525,54 @@ fn each_mode_reports_the_error_its_written_model_has() {
         }
     }
 }
+
+/// `report DIR... --format csv`: one table for every model below the inputs, a `model`
+/// column telling them apart; a broken model is named on stderr and makes the exit code 1.
+#[test]
+fn report_of_a_folder_is_one_csv_table_with_a_model_column() {
+    let dir = tmp();
+    let tree = dir.path().join("store");
+    std::fs::create_dir_all(tree.join("vision")).unwrap();
+    std::fs::copy(fixture("mlp.tflite"), tree.join("mlp.tflite")).unwrap();
+    std::fs::copy(fixture("cnn.tflite"), tree.join("vision/cnn.tflite")).unwrap();
+    std::fs::write(tree.join("vision/broken.tflite"), b"not a model at all").unwrap();
+    std::fs::write(tree.join("notes.txt"), b"ignored").unwrap();
+    let assert = tflq()
+        .arg("report")
+        .arg(&tree)
+        .args(["--format", "csv"])
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(
+        err.contains("broken.tflite") && err.contains("not a TFLite model"),
+        "{err}"
+    );
+    let text = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("model,"));
+    let mut per_model = std::collections::BTreeMap::new();
+    for l in lines {
+        *per_model
+            .entry(l.split(',').next().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    let single = |name: &str| {
+        report_json(&[p(&fixture(name))])["tensors"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(per_model.get("mlp.tflite"), Some(&single("mlp.tflite")));
+    assert_eq!(
+        per_model.get("vision/cnn.tflite"),
+        Some(&single("cnn.tflite"))
+    );
+    assert_eq!(per_model.len(), 2);
+    tflq()
+        .arg("report")
+        .arg(&tree)
+        .args(["--format", "html"])
+        .assert()
+        .code(2);
+}
