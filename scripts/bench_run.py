@@ -7,7 +7,10 @@ Standard library only. For each case it runs the baseline (`cp`) and tflq altern
 `--runs` times each, with the page cache warm and no dirty pages left over from the run
 before (`sync` between runs, untimed), and prints the medians and their ratio.
 
-Time: wall clock from fork to exit (`time.perf_counter` around `os.wait4`).
+Time: wall clock from fork to exit (`time.perf_counter` around `os.wait4`), and the CPU
+time (user + system) the kernel charged to the process and the children it waited for. On a
+shared machine the wall time of a two-thread program suffers more from other load than that
+of single-threaded `cp`; the CPU time barely moves, so it is printed too.
 
 Memory: separate runs (so that polling does not steal a core from the timed runs), two ways:
   * peak RssAnon, polled from /proc/PID/status every ~1 ms: the memory tflq itself
@@ -31,14 +34,15 @@ import time
 MIB = 1 << 20
 
 
-def run_timed(cmd: list[str], **kw) -> tuple[float, int, int]:
-    """Runs `cmd`; returns wall seconds, exit code and peak RSS in bytes."""
+def run_timed(cmd: list[str], **kw) -> tuple[float, int, float]:
+    """Runs `cmd`; returns wall seconds, exit code and CPU seconds (user + system, with the
+    children it waited for)."""
     start = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, **kw)
     _, status, usage = os.wait4(p.pid, 0)
     elapsed = time.perf_counter() - start
     p.returncode = os.waitstatus_to_exitcode(status)
-    return elapsed, p.returncode, usage.ru_maxrss * 1024
+    return elapsed, p.returncode, usage.ru_utime + usage.ru_stime
 
 
 def status_kib(pid: int) -> dict[str, int]:
@@ -124,6 +128,7 @@ class Case:
         # Polling sees one process: not the tflq processes under a shell loop.
         self.poll = contender[1][0] != "sh"
         self.times = {"base": [], "tflq": []}
+        self.cpu = {"base": [], "tflq": []}
         self.failed = None
         self.anon = self.rss = None
         self.out_size = None
@@ -152,11 +157,12 @@ def measure(cases: list[Case], runs: int, scratch: str, memory: bool) -> None:
                 clear(os.path.join(scratch, "cp"))
                 settle()
                 argv = c.baseline[1] if who == "base" else c.contender[1]
-                t, code, _ = run_timed(argv)
+                t, code, cpu = run_timed(argv)
                 if code != 0:
                     c.failed = f"{' '.join(argv)} exited {code}"
                     break
                 c.times[who].append(t)
+                c.cpu[who].append(cpu)
             if c.failed:
                 break
             print(
@@ -178,21 +184,24 @@ def measure(cases: list[Case], runs: int, scratch: str, memory: bool) -> None:
 
 def table(cases: list[Case]) -> str:
     head = (
-        "| case | input MiB | baseline | baseline s | tflq s | ratio | "
-        "tflq peak RssAnon MiB | peak RSS - input MiB | output MiB |"
+        "| case | input MiB | baseline | baseline s | tflq s | ratio | baseline CPU s | "
+        "tflq CPU s | tflq peak RssAnon MiB | peak RSS - input MiB | output MiB |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 11]
     for c in cases:
         if c.failed:
-            lines.append(f"| {c.name} | | | | | failed: {c.failed} | | | |")
+            lines.append(f"| {c.name} | | | | | failed: {c.failed} | | | | | |")
             continue
         b = statistics.median(c.times["base"])
         t = statistics.median(c.times["tflq"])
+        bc = statistics.median(c.cpu["base"])
+        tc = statistics.median(c.cpu["tflq"])
         size = tree_size(c.input)
         extra = None if c.rss is None else max(c.rss - (size if os.path.isfile(c.input) else 0), 0)
         lines.append(
             f"| {c.name} | {size / MIB:.1f} | {c.baseline[0]} | {fmt_s(b)} | {fmt_s(t)} "
-            f"| {t / b:.2f} | {fmt_mib(c.anon)} | {fmt_mib(extra)} | {fmt_mib(c.out_size)} |"
+            f"| {t / b:.2f} | {fmt_s(bc)} | {fmt_s(tc)} | {fmt_mib(c.anon)} | {fmt_mib(extra)} "
+            f"| {fmt_mib(c.out_size)} |"
         )
     return "\n".join(lines)
 
@@ -312,6 +321,7 @@ def main() -> None:
                     {
                         "case": c.name,
                         "times": c.times,
+                        "cpu": c.cpu,
                         "peak_rss_anon": c.anon,
                         "peak_rss": c.rss,
                         "output_bytes": c.out_size,

@@ -3,7 +3,11 @@
 //! Each test gets its own temporary folder; fixtures are read from `fixtures/` and never
 //! written (a test copies a fixture first when it needs to change it).
 
+mod batch;
+mod inspect;
+mod modes;
 mod quantize;
+mod report;
 
 use std::path::{Path, PathBuf};
 

@@ -97,10 +97,11 @@ def quantize(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("quantized")
 
     @functools.cache
-    def run(file: str) -> Path:
-        out = out_dir / file.replace(".tflite", ".q.tflite")
+    def run(file: str, *extra: str) -> Path:
+        tag = "".join(a.strip("-") for a in extra)
+        out = out_dir / file.replace(".tflite", f".q{tag}.tflite")
         proc = subprocess.run(
-            [str(TFLQ), "quantize", str(FIXTURES / file), "-o", str(out), "--json"],
+            [str(TFLQ), "quantize", str(FIXTURES / file), "-o", str(out), "--json", *extra],
             check=False, capture_output=True, text=True, timeout=600,
         )
         assert proc.returncode == 0, f"tflq failed ({proc.returncode}):\n{proc.stderr}"
@@ -326,3 +327,21 @@ def test_outputs_match_float_model(entry, quantize, sqnr_rows):
         if not db >= bound:
             failures.append(f"{sig or '-'}/{name}: SQNR {db:.1f} dB < {bound} dB (max abs err {max_err:.3g})")
     assert not failures, "; ".join(failures)
+
+
+EXTERNAL_LAYOUT = [e for e in FLOAT_ENTRIES if e["file"] in ("mlp.tflite", "cnn.tflite", "lstm.tflite", "two_signatures.tflite")]
+
+
+@pytest.mark.parametrize("entry", EXTERNAL_LAYOUT, ids=ids(EXTERNAL_LAYOUT))
+def test_external_layout_runs_like_inline(entry, quantize):
+    """`--layout external` (the >2 GiB layout, forced on a small model) must load and give
+    exactly the outputs of the inline layout: same codes, other place in the file."""
+    inline, external = quantize(entry["file"]), quantize(entry["file"], "--layout", "external")
+    m = Model(external)
+    with_data = [b for b in m.m.buffers if b.size > 0 or (b.data is not None and len(b.data) > 0)]
+    assert with_data and all(b.data is None and b.offset > 1 and b.offset % 16 == 0 for b in with_data)
+    int_ranges = entry.get("int_inputs") or {}
+    a, b = run_model(inline, 0, int_ranges), run_model(external, 0, int_ranges)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
