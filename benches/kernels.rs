@@ -62,6 +62,12 @@ fn kernels(c: &mut Criterion) {
     g.bench_function("quantize_par", |b| {
         b.iter(|| quant::quantize_par(black_box(&values), p, &mut codes))
     });
+    // `report`'s pass over the codes (throughput in bytes of codes).
+    g.throughput(Throughput::Bytes(N as u64));
+    g.bench_function("code_histogram", |b| {
+        b.iter(|| quant::code_histogram(black_box(&codes)))
+    });
+    g.throughput(Throughput::Bytes((N * 4) as u64));
     // The copy taken when tensor data is not 4-byte aligned in the file.
     let mut out = Vec::with_capacity(N);
     g.bench_function("f32_from_le", |b| {

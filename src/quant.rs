@@ -362,14 +362,43 @@ fn sums(xs: &[f32], ys: &[f32]) -> ErrorStats {
         r[0] += y * y;
     }
     let sum = |a: [f32; L]| a.iter().map(|&v| f64::from(v)).sum::<f64>();
-    ErrorStats {
+    let stats = ErrorStats {
         count: xs.len().min(ys.len()) as u64,
         signal: sum(s),
         noise: sum(n),
         max_abs: f64::from(m.iter().fold(0f32, |a, &b| a.max(b))),
         dot: sum(d),
         recon: sum(r),
+    };
+    let finite = [
+        stats.signal,
+        stats.noise,
+        stats.max_abs,
+        stats.dot,
+        stats.recon,
+    ]
+    .iter()
+    .all(|v| v.is_finite());
+    if finite { stats } else { sums_f64(xs, ys) }
+}
+
+/// [`sums`] in f64, for the rare run whose squares overflow f32 (values beyond ~1.8e19).
+#[cold]
+fn sums_f64(xs: &[f32], ys: &[f32]) -> ErrorStats {
+    let mut t = ErrorStats {
+        count: xs.len().min(ys.len()) as u64,
+        ..ErrorStats::default()
+    };
+    for (&x, &y) in xs.iter().zip(ys) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        let e = x - y;
+        t.signal += x * x;
+        t.noise += e * e;
+        t.max_abs = t.max_abs.max(e.abs());
+        t.dot += x * y;
+        t.recon += y * y;
     }
+    t
 }
 
 /// Σx², Σ(x-y)², max|x-y|, Σxy and Σy² over whole groups of [`L`] elements, each in
@@ -506,28 +535,26 @@ impl Encoding {
                 stats
             }
             Encoding::Float16 => {
+                // Run by run: clamp, convert the whole run (half's slice conversion uses the
+                // F16C instructions when the CPU has them, else the same rounding in
+                // software), convert back for the reconstruction, and measure in lanes.
+                use half::slice::HalfFloatSliceExt;
+                let mut clamped = [0f32; RUN];
+                let mut halves = [half::f16::ZERO; RUN];
+                let mut recon = [0f32; RUN];
                 let mut stats = ErrorStats::default();
-                for (xs, os) in values.chunks(1024).zip(out.chunks_mut(2048)) {
-                    let (mut s, mut n, mut m, mut d, mut r) = (0f64, 0f64, 0f64, 0f64, 0f64);
-                    for (&x, o) in xs.iter().zip(os.chunks_exact_mut(2)) {
-                        let h = half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
-                        o.copy_from_slice(&h.to_le_bytes());
-                        let (x, y) = (f64::from(x), f64::from(h.to_f32()));
-                        let e = x - y;
-                        s += x * x;
-                        n += e * e;
-                        m = m.max(e.abs());
-                        d += x * y;
-                        r += y * y;
+                for (xs, os) in values.chunks(RUN).zip(out.chunks_mut(2 * RUN)) {
+                    let n = xs.len().min(os.len() / 2);
+                    let (xs, cs) = (&xs[..n], &mut clamped[..n]);
+                    for (c, &x) in cs.iter_mut().zip(xs) {
+                        *c = x.clamp(-F16_MAX, F16_MAX);
                     }
-                    stats = stats.merge(ErrorStats {
-                        count: xs.len() as u64,
-                        signal: s,
-                        noise: n,
-                        max_abs: m,
-                        dot: d,
-                        recon: r,
-                    });
+                    halves[..n].convert_from_f32_slice(cs);
+                    halves[..n].convert_to_f32_slice(&mut recon[..n]);
+                    for (o, h) in os.chunks_exact_mut(2).zip(&halves[..n]) {
+                        o.copy_from_slice(&h.to_le_bytes());
+                    }
+                    stats = stats.merge(sums(xs, &recon[..n]));
                 }
                 stats
             }
@@ -623,9 +650,23 @@ pub fn as_f32(bytes: &[u8]) -> Option<&[f32]> {
 
 /// How often each code occurs: index `code + 128`.
 pub fn code_histogram(codes: &[i8]) -> [u64; 256] {
+    // Four tables, one per position mod 4: runs of equal codes (common: weights cluster
+    // around the zero point) would otherwise wait on each other's increment of one counter.
+    let mut tables = [[0u64; 256]; 4];
+    let quads = codes.chunks_exact(4);
+    for &q in quads.remainder() {
+        tables[0][(i16::from(q) + 128) as usize] += 1;
+    }
+    for quad in quads {
+        for (table, &q) in tables.iter_mut().zip(quad) {
+            table[(i16::from(q) + 128) as usize] += 1;
+        }
+    }
     let mut h = [0u64; 256];
-    for &q in codes {
-        h[(i16::from(q) + 128) as usize] += 1;
+    for table in &tables {
+        for (a, &b) in h.iter_mut().zip(table) {
+            *a += b;
+        }
     }
     h
 }
@@ -862,7 +903,10 @@ mod tests {
         }
 
         #[test]
-        fn error_stats_match_a_direct_f64_sum(values in prop::collection::vec(-1e3f32..1e3, 1..3000)) {
+        fn error_stats_match_a_direct_f64_sum(
+            values in prop::collection::vec(
+                prop_oneof![8 => -1e3f32..1e3, 1 => -3e38f32..3e38], 1..3000),
+        ) {
             let (p, q) = quantize(&values);
             let got = error_stats(&values, &q, p);
             let (mut s, mut n, mut m, mut d, mut r) = (0f64, 0f64, 0f64, 0f64, 0f64);
@@ -880,6 +924,35 @@ mod tests {
             // The noise is a sum of small squares, each exact to f32 rounding of the error.
             prop_assert!((got.noise - n).abs() <= 1e-4 * n.max(1e-30), "{} vs {n}", got.noise);
             prop_assert!((got.max_abs - m).abs() <= 1e-6 * m.max(1e-30));
+        }
+
+        #[test]
+        fn float16_encoding_converts_each_value_alone(
+            values in prop::collection::vec(
+                prop_oneof![-1e5f32..1e5, -1e-4f32..1e-4, -1e-7f32..1e-7, Just(65504.0),
+                    Just(-7e4), Just(f32::MAX), Just(0.0)],
+                0..2500,
+            ),
+        ) {
+            let mut out = vec![0u8; 2 * values.len()];
+            let stats = Encoding::Float16.encode(&values, 0, &mut out);
+            let mut noise = 0f64;
+            for (&x, o) in values.iter().zip(out.chunks_exact(2)) {
+                let h = half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
+                prop_assert_eq!(o, &h.to_le_bytes()[..], "x = {}", x);
+                noise += (f64::from(x) - f64::from(h.to_f32())).powi(2);
+            }
+            prop_assert_eq!(stats.count, values.len() as u64);
+            prop_assert!((stats.noise - noise).abs() <= 1e-5 * noise, "{} vs {noise}", stats.noise);
+        }
+
+        #[test]
+        fn code_histogram_counts_every_code(codes in prop::collection::vec(any::<i8>(), 0..300)) {
+            let mut want = [0u64; 256];
+            for &q in &codes {
+                want[(i16::from(q) + 128) as usize] += 1;
+            }
+            prop_assert_eq!(code_histogram(&codes), want);
         }
 
         #[test]
