@@ -194,18 +194,20 @@ pub fn symmetric_params(min: f32, max: f32) -> QuantParams {
 /// Rounds half away from zero, exactly like `f32::round`, for |v| < 2^22.
 ///
 /// `f32::round` calls into libm, and a float-to-int `as` cast saturates (and maps NaN to 0),
-/// which SSE2 cannot do for four lanes at once: both keep the loop scalar. Adding 1.5 * 2^23
-/// instead rounds to the nearest integer, ties to even, and leaves that integer in the low
-/// bits of the sum; every step is exact. A tie (`v - rounded` is exactly ±0.5) then moves
-/// one step away from zero when ties-to-even went towards it.
+/// which SSE2 cannot do for four lanes at once: both keep the loop scalar. Instead, on |v|:
+/// adding 1.5 * 2^23 rounds to the nearest integer, ties to even, and leaves that integer in
+/// the low bits of the sum (every step is exact); a tie (`|v| - rounded` is exactly 0.5)
+/// went down to even and moves up one; the sign of `v` is then put back.
 #[inline(always)]
 fn round_half_away(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    let w = v + MAGIC;
+    let a = v.abs();
+    let w = a + MAGIC;
     let rounded = w - MAGIC;
-    let frac = v - rounded;
-    let k = w.to_bits() as i32 - MAGIC.to_bits() as i32;
-    k + i32::from(frac == 0.5 && v > 0.0) - i32::from(frac == -0.5 && v < 0.0)
+    let k = w.to_bits() as i32 - MAGIC.to_bits() as i32 + i32::from(a - rounded == 0.5);
+    // All ones for a negative `v`, else zero: (k ^ s) - s is then -k or k.
+    let s = (v.to_bits() as i32) >> 31;
+    (k ^ s) - s
 }
 
 /// Quantizes `values` into `out` (same length) with `p`. Non-finite inputs must have been
