@@ -353,24 +353,26 @@ fn run_stats(xs: &[f32], qs: &[i8], p: QuantParams, ys: &mut [f32]) -> ErrorStat
 /// The error statistics of values `xs` reconstructed as `ys`.
 #[inline(always)]
 fn sums(xs: &[f32], ys: &[f32]) -> ErrorStats {
-    let [mut s, mut n, mut m, mut d, mut r] = lane_sums(xs, ys);
+    let [mut s, mut n, mut m, mut r] = lane_sums(xs, ys);
     let tail = xs.len().min(ys.len()) / L * L;
     for (&x, &y) in xs[tail..].iter().zip(&ys[tail..]) {
         let e = x - y;
         s[0] += x * x;
         n[0] += e * e;
         m[0] = m[0].max(e.abs());
-        d[0] += x * y;
         r[0] += y * y;
     }
     let sum = |a: [f32; L]| a.iter().map(|&v| f64::from(v)).sum::<f64>();
+    let (signal, noise, recon) = (sum(s), sum(n), sum(r));
     let stats = ErrorStats {
         count: xs.len().min(ys.len()) as u64,
-        signal: sum(s),
-        noise: sum(n),
+        signal,
+        noise,
         max_abs: f64::from(m.iter().fold(0f32, |a, &b| a.max(b))),
-        dot: sum(d),
-        recon: sum(r),
+        // Σxy = (Σx² + Σy² - Σ(x-y)²) / 2 exactly; the noise is tiny next to the other two,
+        // so nothing cancels, and a fifth accumulator costs a fifth of the sums' time.
+        dot: (signal + recon - noise) / 2.0,
+        recon,
     };
     let finite = [
         stats.signal,
@@ -403,14 +405,13 @@ fn sums_f64(xs: &[f32], ys: &[f32]) -> ErrorStats {
     t
 }
 
-/// Σx², Σ(x-y)², max|x-y|, Σxy and Σy² over whole groups of [`L`] elements, each in
-/// [`L`] independent lanes: float addition is not associative, so a single running sum
-/// would be a serial chain that the compiler must keep scalar. Kept out of line: inlined
-/// into a larger loop nest, the same code was vectorised badly (lanes shuffled).
+/// Σx², Σ(x-y)², max|x-y| and Σy² over whole groups of [`L`] elements, each in [`L`]
+/// independent lanes: float addition is not associative, so a single running sum would be
+/// a serial chain that the compiler must keep scalar. Kept out of line: inlined into a
+/// larger loop nest, the same code was vectorised badly (lanes shuffled).
 #[inline(never)]
-fn lane_sums(xs: &[f32], ys: &[f32]) -> [[f32; L]; 5] {
-    let (mut s, mut n, mut m) = ([0f32; L], [0f32; L], [0f32; L]);
-    let (mut d, mut r) = ([0f32; L], [0f32; L]);
+fn lane_sums(xs: &[f32], ys: &[f32]) -> [[f32; L]; 4] {
+    let (mut s, mut n, mut m, mut r) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
     for (x8, y8) in xs.chunks_exact(L).zip(ys.chunks_exact(L)) {
         for i in 0..L {
             let (x, y) = (x8[i], y8[i]);
@@ -419,11 +420,10 @@ fn lane_sums(xs: &[f32], ys: &[f32]) -> [[f32; L]; 5] {
             s[i] += x * x;
             n[i] += e * e;
             m[i] = if a > m[i] { a } else { m[i] };
-            d[i] += x * y;
             r[i] += y * y;
         }
     }
-    [s, n, m, d, r]
+    [s, n, m, r]
 }
 
 /// [`quantize_into`] and [`error_stats`], run by run, so that each run is read from memory
