@@ -115,7 +115,7 @@ pub enum ModelError {
         /// Second buffer index.
         b: usize,
     },
-    /// A buffer has both inline data and an external `offset`.
+    /// A buffer has both a `data` vector (even an empty one) and an external `offset`.
     #[error("buffer {buffer} has both inline data and an offset into the file")]
     AmbiguousBuffer {
         /// Buffer index.
@@ -168,6 +168,32 @@ pub enum ModelError {
         expected: u64,
         /// Bytes the buffer holds.
         got: u64,
+    },
+    /// An operator's custom options stored after the flatbuffer lie outside the file.
+    #[error(
+        "subgraph {subgraph} operator {op}: custom options at offset {offset} with size {size} lie outside the {file_len}-byte file"
+    )]
+    CustomOptionsOutOfFile {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Operator index within the subgraph.
+        op: usize,
+        /// The operator's `large_custom_options_offset`.
+        offset: u64,
+        /// The operator's `large_custom_options_size`.
+        size: u64,
+        /// Length of the file.
+        file_len: usize,
+    },
+    /// A metadata entry refers to a buffer that does not exist.
+    #[error("{place} refers to buffer {buffer}, but the model has {count} buffers")]
+    MetadataBuffer {
+        /// Which entry, e.g. `metadata 2 ("min_runtime_version")`.
+        place: String,
+        /// The out-of-range buffer index.
+        buffer: i64,
+        /// Number of buffers.
+        count: usize,
     },
     /// The rewritten model cannot be represented (e.g. more than 2^32 tensors).
     #[error("cannot write the model: {what}")]

@@ -171,14 +171,46 @@ impl std::fmt::Debug for Model<'_> {
 /// Smallest file that can hold a root offset and an identifier.
 const MIN_LEN: usize = 8;
 
+/// Limits that bound the verifier's work, and everything done after it, by the file size.
+///
+/// Offsets may point many times at one table or vector (a DAG instead of a tree), so a small
+/// file can make a reader that follows every offset visit far more than its own size: 512
+/// subgraph entries pointing at one subgraph of 512 tensor entries pointing at one tensor
+/// is 2^18 tensors in 10 KB. The verifier counts every table it visits and every byte it
+/// checks, shared or not, and our reading and the rewrite visit no more than it does, so
+/// these two limits bound time and memory by a small multiple of the file size.
 fn verifier_options(len: usize) -> flatbuffers::VerifierOptions {
     flatbuffers::VerifierOptions {
         max_depth: 64,
-        // Large models have many tables and a large apparent size; both limits still bound
-        // the verifier's work by a small multiple of the file size.
-        max_tables: (len / 4).max(1_000_000),
-        max_apparent_size: len.saturating_mul(2).max(1 << 31),
+        // Each distinct table holds at least its 4-byte vtable offset, so a file without
+        // shared tables never needs more.
+        max_tables: len / 4 + 64,
+        // Real models check about their own size (1.0 to 1.4 times it for the fixtures, the
+        // excess being vtables, which tables do share); three times leaves room.
+        max_apparent_size: len.saturating_mul(3).saturating_add(1 << 20),
         ignore_missing_null_terminator: true,
+    }
+}
+
+/// The verifier's error on one line; the limits above in words.
+fn describe(e: &flatbuffers::InvalidFlatbuffer, len: usize) -> String {
+    use flatbuffers::InvalidFlatbuffer as E;
+    match e {
+        E::TooManyTables => format!(
+            "more tables than a {len}-byte file can hold: offsets share tables, which would \
+             multiply the work of reading it"
+        ),
+        E::ApparentSizeTooLarge => format!(
+            "its offsets reach far more than its {len} bytes: shared tables or vectors would \
+             multiply the work of reading it"
+        ),
+        other => other
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 
@@ -193,7 +225,7 @@ pub fn verify(bytes: &[u8]) -> Result<fb::Model<'_>, ModelError> {
     }
     let opts = verifier_options(bytes.len());
     fb::root_as_model_with_opts(&opts, bytes).map_err(|e| ModelError::Corrupt {
-        detail: e.to_string(),
+        detail: describe(&e, bytes.len()),
     })
 }
 
@@ -255,8 +287,16 @@ impl<'a> Model<'a> {
         }
         let mut subgraphs = Vec::with_capacity(fb_subgraphs.len());
         for (si, sg) in fb_subgraphs.iter().enumerate() {
-            subgraphs.push(read_subgraph(si, &sg, &buffers, &opcodes, &custom_codes)?);
+            subgraphs.push(read_subgraph(
+                si,
+                &sg,
+                &buffers,
+                &opcodes,
+                &custom_codes,
+                bytes.len(),
+            )?);
         }
+        check_metadata(&root, buffers.len())?;
         check_signatures(&root, &subgraphs)?;
         check_control_flow(&root, subgraphs.len())?;
         Ok(Model {
@@ -290,12 +330,14 @@ fn read_buffers(bytes: &[u8], root: &fb::Model<'_>) -> Result<Vec<BufferInfo>, M
     let mut buffers = Vec::with_capacity(fb_buffers.len());
     let mut external: Vec<(usize, usize, usize)> = Vec::new();
     for (i, b) in fb_buffers.iter().enumerate() {
-        let inline = b.data().map(|d| d.bytes()).filter(|d| !d.is_empty());
+        let inline = b.data().map(|d| d.bytes());
         // The converter writes offset 1 as a placeholder; only offsets above 1 point at data.
+        // The runtime reads a present `data` vector even when it is empty and ignores the
+        // offset then; a file with both is refused rather than read one way or the other.
         let has_offset = b.offset() > 1;
         let info = match (inline, has_offset) {
             (Some(_), true) => return Err(ModelError::AmbiguousBuffer { buffer: i }),
-            (Some(d), false) => {
+            (Some(d), false) if !d.is_empty() => {
                 let start = d.as_ptr() as usize - base;
                 BufferInfo {
                     data: start..start + d.len(),
@@ -323,7 +365,7 @@ fn read_buffers(bytes: &[u8], root: &fb::Model<'_>) -> Result<Vec<BufferInfo>, M
                     external: true,
                 }
             }
-            (None, false) => BufferInfo {
+            (_, false) => BufferInfo {
                 data: 0..0,
                 external: false,
             },
@@ -348,6 +390,7 @@ fn read_subgraph(
     buffers: &[BufferInfo],
     opcodes: &[i32],
     custom_codes: &[Option<String>],
+    file_len: usize,
 ) -> Result<SubgraphInfo, ModelError> {
     let mut tensors = Vec::new();
     for (ti, t) in sg.tensors().into_iter().flatten().enumerate() {
@@ -475,6 +518,7 @@ fn read_subgraph(
                 true,
             )?;
         }
+        check_custom_options(si, oi, &o, file_len)?;
         let custom = custom_codes.get(idx as usize).cloned().flatten();
         ops.push(OpInfo {
             code,
@@ -510,6 +554,56 @@ fn read_subgraph(
         inputs,
         outputs,
     })
+}
+
+/// Custom options stored after the flatbuffer (`large_custom_options_offset`/`size`) must lie
+/// inside the file: the rewrite copies them back inline.
+fn check_custom_options(
+    subgraph: usize,
+    op: usize,
+    o: &fb::Operator<'_>,
+    file_len: usize,
+) -> Result<(), ModelError> {
+    let (offset, size) = (
+        o.large_custom_options_offset(),
+        o.large_custom_options_size(),
+    );
+    if size == 0 {
+        return Ok(());
+    }
+    match offset.checked_add(size) {
+        Some(end) if end <= file_len as u64 => Ok(()),
+        _ => Err(ModelError::CustomOptionsOutOfFile {
+            subgraph,
+            op,
+            offset,
+            size,
+            file_len,
+        }),
+    }
+}
+
+/// Metadata entries name buffers by index; the rewrite keeps them, so they must exist.
+fn check_metadata(root: &fb::Model<'_>, count: usize) -> Result<(), ModelError> {
+    for (k, m) in root.metadata().into_iter().flatten().enumerate() {
+        if m.buffer() as usize >= count {
+            return Err(ModelError::MetadataBuffer {
+                place: format!("metadata {k} ({:?})", m.name().unwrap_or_default()),
+                buffer: i64::from(m.buffer()),
+                count,
+            });
+        }
+    }
+    for (k, b) in root.metadata_buffer().into_iter().flatten().enumerate() {
+        if b < 0 || b as usize >= count {
+            return Err(ModelError::MetadataBuffer {
+                place: format!("metadata_buffer entry {k}"),
+                buffer: i64::from(b),
+                count,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_signatures(root: &fb::Model<'_>, subgraphs: &[SubgraphInfo]) -> Result<(), ModelError> {

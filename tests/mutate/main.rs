@@ -1,0 +1,102 @@
+//! Hostile input, in process: damaged and ill-formed models must be refused cleanly.
+//!
+//! For any bytes, every entry point of the library either refuses with an error, or accepts
+//! and writes a model that re-reads and that a second run leaves unchanged; it never panics,
+//! never hangs, and accepts exactly what [`tflq::Model::parse`] accepts. The cases come from
+//! every fixture (and their quantized outputs, and generated models): bit flips, overwrites,
+//! truncations, offsets aimed out of range or at other objects, inflated vector lengths,
+//! broken vtables, wild indices and buffer offsets, and semantic damage built with the
+//! object API. See `docs/robustness.md`.
+//!
+//! * `cargo test --test mutate`: a short run (`TFLQ_MUTATIONS_SHORT`, default 3000 cases),
+//!   the named attacks with their messages, and the property tests.
+//! * `TFLQ_MUTATIONS=1000000 cargo test --release --test mutate -- --ignored --nocapture`:
+//!   the long run. `TFLQ_MUTATION_SEED` picks another stream of cases.
+
+mod attacks;
+mod damage;
+mod generator;
+mod harness;
+mod property;
+mod rng;
+mod slots;
+
+use std::time::Duration;
+
+use harness::{ENTRIES, Outcome, config, env_u64, finish, run};
+
+#[test]
+fn mutations_short_run() {
+    let cases = env_u64("TFLQ_MUTATIONS_SHORT", 3000);
+    let report = run(&config(cases, None));
+    finish(&report);
+    assert_eq!(report.cases, cases);
+    // The cases must reach past the verifier: many accepted, many kinds of refusal.
+    assert!(
+        report.tally.accepted * 20 > cases,
+        "only {} of {cases} cases accepted: the mutations are too blunt",
+        report.tally.accepted
+    );
+    assert!(
+        report.tally.refused.len() >= 8,
+        "refusals of only {} kinds: {:?}",
+        report.tally.refused.len(),
+        report.tally.refused
+    );
+}
+
+#[test]
+#[ignore = "long: TFLQ_MUTATIONS cases (default 1e6); run in release with --ignored"]
+fn mutations_long_run() {
+    let cases = env_u64("TFLQ_MUTATIONS", 1_000_000);
+    let report = run(&config(cases, Some(Duration::from_secs(30))));
+    finish(&report);
+}
+
+/// Reruns one case of a run, to debug a failure: `TFLQ_MUTATION_CASE=i`.
+#[test]
+fn mutation_case_from_env() {
+    let Ok(i) = std::env::var("TFLQ_MUTATION_CASE") else {
+        return;
+    };
+    let seed = env_u64("TFLQ_MUTATION_SEED", 1);
+    let (what, bytes) = harness::case(seed, i.parse().unwrap());
+    eprintln!("case {i}: {what} ({} bytes)", bytes.len());
+    let mut tally = harness::Tally::default();
+    if let Err(e) = harness::check(&bytes, &mut tally) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn every_attack_is_refused_with_a_message_that_says_what_is_wrong() {
+    for attack in attacks::ATTACKS {
+        let bytes = (attack.make)();
+        for entry in ENTRIES {
+            match (entry.run)(&bytes) {
+                Outcome::Refused { message, .. } => {
+                    for needle in attack.expect {
+                        assert!(
+                            message.contains(needle),
+                            "{}: {}: message {message:?} lacks {needle:?}",
+                            attack.name,
+                            entry.name
+                        );
+                    }
+                }
+                _ => panic!("{}: {} accepted it", attack.name, entry.name),
+            }
+        }
+    }
+}
+
+/// The seeds themselves are accepted; otherwise every case would be refused for nothing.
+#[test]
+fn every_seed_is_accepted() {
+    for s in harness::seeds() {
+        let mut tally = harness::Tally::default();
+        harness::check(&s.bytes, &mut tally).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+        assert_eq!(tally.accepted, 1, "{}", s.name);
+        assert!(!s.slots.all.is_empty(), "{}", s.name);
+    }
+}
