@@ -209,8 +209,10 @@ fn quantizing_random_models_changes_exactly_what_it_should() {
     for i in 0..cases {
         let mut rng = Rng::new(0x9a0d_0000 + i);
         let g = generator::model(&mut rng);
-        let mut opts = Options::default();
-        opts.min_elements = *rng.pick(&[0, 1, 16, 1024]);
+        let mut opts = Options {
+            min_elements: *rng.pick(&[0, 1, 16, 1024]),
+            ..Options::default()
+        };
         if rng.one_in(3) {
             opts.layout = LayoutPolicy::External;
         }
