@@ -35,6 +35,21 @@ pub enum ModelError {
     /// The model has no subgraph.
     #[error("model has no subgraphs")]
     NoSubgraphs,
+    /// The model has no buffer table (not even the empty buffer 0).
+    #[error("model has no buffer table")]
+    NoBuffers,
+    /// A subgraph has no tensor table.
+    #[error("subgraph {subgraph} has no tensor table")]
+    NoTensors {
+        /// Subgraph index.
+        subgraph: usize,
+    },
+    /// A CUSTOM operator code without the name of the custom operator.
+    #[error("operator code {index} is CUSTOM but has no custom_code")]
+    CustomWithoutCode {
+        /// Index of the operator code.
+        index: usize,
+    },
     /// A tensor refers to a buffer index that does not exist.
     #[error(
         "subgraph {subgraph} tensor {tensor} ({name:?}) refers to buffer {buffer}, but the model has {count} buffers"
@@ -121,8 +136,10 @@ pub enum ModelError {
         /// Buffer index.
         buffer: usize,
     },
-    /// A tensor's shape has a negative dimension where a concrete one is required.
-    #[error("subgraph {subgraph} tensor {tensor} ({name:?}) has invalid shape {shape:?}")]
+    /// A tensor's shape has a negative dimension (unknown ones belong in `shape_signature`).
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) has invalid shape {shape:?}: a dimension is negative (unknown dimensions belong in shape_signature)"
+    )]
     BadShape {
         /// Subgraph index.
         subgraph: usize,
@@ -194,6 +211,75 @@ pub enum ModelError {
         buffer: i64,
         /// Number of buffers.
         count: usize,
+    },
+    /// An operator code names no builtin operator of the schema.
+    #[error(
+        "operator code {index} is builtin operator {code}, which the TFLite schema does not define (a damaged file, or a model newer than this tool)"
+    )]
+    UnknownOperator {
+        /// Index of the operator code.
+        index: usize,
+        /// The effective builtin code (the larger of `builtin_code` and
+        /// `deprecated_builtin_code`, as the runtime reads it).
+        code: i32,
+    },
+    /// A tensor's element type is not one of the schema's.
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) has unknown element type {dtype} (a damaged file, or a model newer than this tool)"
+    )]
+    UnknownType {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// The `type` field as stored.
+        dtype: i8,
+    },
+    /// A variable (state) tensor has constant data; the runtime refuses it.
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) is a variable but has constant data in buffer {buffer}"
+    )]
+    VariableWithData {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// Its buffer.
+        buffer: u32,
+    },
+    /// A tensor's quantization parameters contradict each other or its shape.
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) has invalid quantization parameters: {what}"
+    )]
+    BadQuantization {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// What is inconsistent.
+        what: String,
+    },
+    /// An operator lists one tensor as both an input and an output.
+    #[error("subgraph {subgraph} operator {op} both reads and writes tensor {tensor}")]
+    InputIsOutput {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Operator index.
+        op: usize,
+        /// The tensor.
+        tensor: i32,
+    },
+    /// A signature has no key, which the runtime needs to name it.
+    #[error("signature {signature} has no signature_key")]
+    SignatureKey {
+        /// Index of the signature.
+        signature: usize,
     },
     /// The rewritten model cannot be represented (e.g. more than 2^32 tensors).
     #[error("cannot write the model: {what}")]

@@ -397,6 +397,184 @@ pub const ATTACKS: &[Attack] = &[
         expect: &["buffer 6 holds 32768 bytes, but shape [128, 64] of INT64 needs 65536"],
     },
     Attack {
+        name: "unknown tensor type",
+        make: || {
+            let mut m = fixture(MLP);
+            tensor(&mut m, 0, 5).type_ = fb::TensorType(77);
+            pack(&m)
+        },
+        expect: &["subgraph 0 tensor 5", "unknown element type 77"],
+    },
+    Attack {
+        name: "unknown operator",
+        make: || {
+            let mut m = fixture(MLP);
+            let c = &mut m.operator_codes.as_mut().unwrap()[1];
+            c.builtin_code = fb::BuiltinOperator(4000);
+            pack(&m)
+        },
+        expect: &[
+            "operator code 1 is builtin operator 4000, which the TFLite schema does not define",
+        ],
+    },
+    Attack {
+        name: "negative dimension on an activation",
+        make: || {
+            let mut m = fixture(MLP);
+            tensor(&mut m, 0, 7).shape = Some(vec![-1, 128]);
+            pack(&m)
+        },
+        expect: &[
+            "subgraph 0 tensor 7",
+            "invalid shape [-1, 128]",
+            "shape_signature",
+        ],
+    },
+    Attack {
+        name: "activation whose byte size overflows",
+        make: || {
+            let mut m = fixture(MLP);
+            tensor(&mut m, 0, 7).shape = Some(vec![i32::MAX, i32::MAX, i32::MAX]);
+            pack(&m)
+        },
+        expect: &["subgraph 0 tensor 7", "whose size overflows"],
+    },
+    Attack {
+        name: "empty data vector read as zero bytes",
+        make: || {
+            let mut m = fixture(MLP);
+            m.buffers.as_mut().unwrap()[6].data = Some(Vec::new());
+            pack(&m)
+        },
+        expect: &["buffer 6 holds 0 bytes, but shape [128, 64] of FLOAT32 needs 32768"],
+    },
+    Attack {
+        name: "variable with constant data",
+        make: || {
+            let mut m = fixture(MLP);
+            tensor(&mut m, 0, 5).is_variable = true;
+            pack(&m)
+        },
+        expect: &[
+            "subgraph 0 tensor 5",
+            "is a variable but has constant data in buffer 6",
+        ],
+    },
+    Attack {
+        name: "more scales than zero points",
+        make: || {
+            let mut m = fixture("int8.tflite");
+            // Tensor 9: the depthwise filter, 48 scales along dimension 3.
+            let q = tensor(&mut m, 0, 9).quantization.as_mut().unwrap();
+            q.zero_point = Some(vec![0; 47]);
+            pack(&m)
+        },
+        expect: &[
+            "subgraph 0 tensor 9 (\"cnn/dwconv/depthwise\")",
+            "invalid quantization parameters: 48 scales but 47 zero points",
+        ],
+    },
+    Attack {
+        name: "quantized dimension outside the shape",
+        make: || {
+            let mut m = fixture("int8.tflite");
+            tensor(&mut m, 0, 9)
+                .quantization
+                .as_mut()
+                .unwrap()
+                .quantized_dimension = 9;
+            pack(&m)
+        },
+        expect: &[
+            "invalid quantization parameters: quantized dimension 9 outside the 4 dimensions",
+        ],
+    },
+    Attack {
+        name: "wrong number of per-channel scales",
+        make: || {
+            let mut m = fixture(MLP);
+            let mut q = fb::QuantizationParametersT::default();
+            q.scale = Some(vec![0.5; 3]);
+            q.zero_point = Some(vec![0; 3]);
+            tensor(&mut m, 0, 5).quantization = Some(Box::new(q));
+            pack(&m)
+        },
+        expect: &["3 scales: neither one (per tensor) nor 128 (per slice of dimension 0)"],
+    },
+    Attack {
+        name: "operator reads what it writes",
+        make: || {
+            let mut m = fixture(MLP);
+            op(&mut m, 0, 3).outputs = Some(vec![9]);
+            pack(&m)
+        },
+        expect: &["subgraph 0 operator 3 both reads and writes tensor 9"],
+    },
+    Attack {
+        name: "signature without a key",
+        make: || {
+            let mut m = fixture("two_signatures.tflite");
+            m.signature_defs.as_mut().unwrap()[1].signature_key = None;
+            pack(&m)
+        },
+        expect: &["signature 1 has no signature_key"],
+    },
+    Attack {
+        name: "offset that points at itself",
+        make: || {
+            // The shape field of tensor 5 pointed at itself reads as an empty shape here,
+            // but the runtime refuses the file: so must we.
+            let bytes = read_fixture(MLP);
+            let model = fb::root_as_model(&bytes).unwrap();
+            let t = model.subgraphs().unwrap().get(0).tensors().unwrap().get(5);
+            let at = t._tab.loc() + usize::from(t._tab.vtable().get(fb::Tensor::VT_SHAPE));
+            let mut b = bytes.clone();
+            b[at..at + 4].copy_from_slice(&[0; 4]);
+            b
+        },
+        expect: &[
+            "corrupt flatbuffer: subgraph 0 tensor 5: an offset at position",
+            "points at itself",
+        ],
+    },
+    Attack {
+        name: "zero-byte data after the flatbuffer",
+        make: || {
+            let m = fixture("external_buffers.tflite");
+            pack_external(&m, |b| b[6].1 = 0)
+        },
+        expect: &["buffer 6 holds 0 bytes, but shape [128, 64] of FLOAT32 needs 32768"],
+    },
+    Attack {
+        name: "no buffer table",
+        make: || {
+            let mut m = fixture("int8.tflite");
+            m.buffers = None;
+            pack(&m)
+        },
+        expect: &["model has no buffer table"],
+    },
+    Attack {
+        name: "subgraph without a tensor table",
+        make: || {
+            let mut m = fixture("control_flow.tflite");
+            subgraph(&mut m, 2).tensors = None;
+            pack(&m)
+        },
+        expect: &["subgraph 2 has no tensor table"],
+    },
+    Attack {
+        name: "custom operator without a name",
+        make: || {
+            let mut m = fixture(MLP);
+            let c = &mut m.operator_codes.as_mut().unwrap()[1];
+            c.builtin_code = fb::BuiltinOperator::CUSTOM;
+            c.deprecated_builtin_code = 32;
+            pack(&m)
+        },
+        expect: &["operator code 1 is CUSTOM but has no custom_code"],
+    },
+    Attack {
         name: "external buffer past the end of the file",
         make: || {
             let m = fixture("external_buffers.tflite");

@@ -116,7 +116,11 @@ pub fn model(rng: &mut Rng) -> Generated {
                         t.shape = Some(s);
                     }
                     match rng.below(12) {
-                        0 => t.is_variable = true,
+                        // A variable has no constant data (the runtime refuses that).
+                        0 => {
+                            t.is_variable = true;
+                            t.buffer = 0;
+                        }
                         1 => {
                             let mut q = fb::QuantizationParametersT::default();
                             q.scale = Some(vec![0.25]);
@@ -124,8 +128,20 @@ pub fn model(rng: &mut Rng) -> Generated {
                             t.quantization = Some(Box::new(q));
                         }
                         2 => {
+                            // Sparse in name only: every dimension dense, which is valid.
+                            let dims = t.shape.clone().unwrap_or_default();
                             let mut sp = fb::SparsityParametersT::default();
-                            sp.traversal_order = Some(vec![0]);
+                            sp.traversal_order = Some((0..dims.len() as i32).collect());
+                            sp.dim_metadata = Some(
+                                dims.iter()
+                                    .map(|&d| {
+                                        let mut m = fb::DimensionMetadataT::default();
+                                        m.format = fb::DimensionType::DENSE;
+                                        m.dense_size = d;
+                                        m
+                                    })
+                                    .collect(),
+                            );
                             t.sparsity = Some(Box::new(sp));
                         }
                         _ => {}
@@ -199,14 +215,16 @@ pub fn model(rng: &mut Rng) -> Generated {
         for _ in 0..rng.below(6) {
             let mut o = fb::OperatorT::default();
             o.opcode_index = rng.below(while_code as usize) as u32;
-            o.inputs = Some((0..rng.below(4)).map(|_| pick_tensor(rng)).collect());
             let out = if !activations.is_empty() && !rng.one_in(10) {
                 *rng.pick(&activations)
             } else {
                 rng.below(n_t) as i32 // Sometimes an operator writes a "constant".
             };
+            // An operator never reads what it writes (the runtime refuses that).
+            let inputs = (0..rng.below(4)).map(|_| pick_tensor(rng));
+            o.inputs = Some(inputs.filter(|&i| i != out).collect());
             o.outputs = Some(vec![out]);
-            if rng.one_in(5) {
+            if codes[o.opcode_index as usize].custom_code.is_some() {
                 o.custom_options = Some(vec![1, 2, 3]);
             }
             ops.push(o);

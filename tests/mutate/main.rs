@@ -100,3 +100,25 @@ fn every_seed_is_accepted() {
         assert!(!s.slots.all.is_empty(), "{}", s.name);
     }
 }
+
+/// Writes the cases the library accepts, with their quantized outputs, for checks outside
+/// Rust (the LiteRT runtime): `TFLQ_MUTATION_DUMP=dir`, `TFLQ_MUTATIONS` cases looked at.
+#[test]
+#[ignore = "a tool: TFLQ_MUTATION_DUMP=dir writes accepted cases and their outputs"]
+fn dump_accepted_cases() {
+    let dir = std::path::PathBuf::from(
+        std::env::var("TFLQ_MUTATION_DUMP").expect("set TFLQ_MUTATION_DUMP"),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed = env_u64("TFLQ_MUTATION_SEED", 1);
+    let mut index = String::new();
+    for i in 0..env_u64("TFLQ_MUTATIONS", 2000) {
+        let (what, bytes) = harness::case(seed, i);
+        if let Ok(out) = tflq::quantize(&bytes, &tflq::Options::default()) {
+            std::fs::write(dir.join(format!("{i}.in.tflite")), &bytes).unwrap();
+            std::fs::write(dir.join(format!("{i}.out.tflite")), &out.bytes).unwrap();
+            index.push_str(&format!("{i}\t{}\t{what}\n", out.summary.changed));
+        }
+    }
+    std::fs::write(dir.join("index.tsv"), index).unwrap();
+}
