@@ -319,6 +319,19 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
+    /// The input changed (another process wrote to it) while it was being read.
+    #[error(
+        "{}: the file changed while it was being read (size {before} -> {after} bytes); nothing was written",
+        path.display()
+    )]
+    Changed {
+        /// The input file.
+        path: PathBuf,
+        /// Its size when opened.
+        before: u64,
+        /// Its size afterwards.
+        after: u64,
+    },
     /// The output would overwrite the input and `--in-place` was not given.
     #[error(
         "{}: output is the input file; pass --in-place to overwrite it",

@@ -3,7 +3,14 @@
 //! Each test gets its own temporary folder; fixtures are read from `fixtures/` and never
 //! written (a test copies a fixture first when it needs to change it).
 
+mod hostile;
 mod quantize;
+
+// Shared with the in-process mutation tests (`tests/mutate`): the named attacks and the PRNG.
+#[path = "../mutate/attacks.rs"]
+mod attacks;
+#[path = "../mutate/rng.rs"]
+mod rng;
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,7 @@
 //! A small seeded PRNG (SplitMix64): every case is reproducible from its seed alone.
 
+#![allow(dead_code)] // Shared by two test binaries, each using a part.
+
 /// SplitMix64: fast, good enough for choosing mutations, and splittable by seeding.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
