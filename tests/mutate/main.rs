@@ -17,6 +17,7 @@ mod attacks;
 mod damage;
 mod generator;
 mod harness;
+mod memory;
 mod property;
 mod rng;
 mod slots;
