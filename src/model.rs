@@ -311,8 +311,15 @@ impl<'a> Model<'a> {
         })
     }
 
-    /// The bytes of buffer `index` (empty when it has none).
+    /// The constant data of a tensor whose buffer is `index` (empty when it has none).
+    ///
+    /// Buffer 0 is the schema's empty sentinel: the runtime gives a tensor with buffer 0 no
+    /// data, whatever the buffer holds, and so does this. (The rewrite still copies buffer
+    /// 0's bytes, which a metadata entry may name.)
     pub fn buffer_data(&self, index: u32) -> &'a [u8] {
+        if index == 0 {
+            return &[];
+        }
         self.buffers
             .get(index as usize)
             .and_then(|b| self.bytes.get(b.data.clone()))
@@ -429,12 +436,14 @@ fn read_subgraph(
                 count: buffers.len(),
             });
         };
-        let has_data = !binfo.data.is_empty()
-            || model
-                .zero_bytes
-                .get(buffer as usize)
-                .copied()
-                .unwrap_or(false);
+        // Buffer 0 is the sentinel: never constant data (see `Model::buffer_data`).
+        let has_data = buffer != 0
+            && (!binfo.data.is_empty()
+                || model
+                    .zero_bytes
+                    .get(buffer as usize)
+                    .copied()
+                    .unwrap_or(false));
         let dtype = DType(t.type_().0);
         if fb::TensorType(dtype.0).variant_name().is_none() {
             return Err(ModelError::UnknownType {

@@ -123,3 +123,26 @@ fn dump_accepted_cases() {
     }
     std::fs::write(dir.join("index.tsv"), index).unwrap();
 }
+
+/// Found by the long mutation run: an offset in the buffer table aimed at a weight buffer
+/// gave the sentinel buffer 0 data, and every tensor the rewrite had moved to buffer 0 then
+/// seemed to hold it. The runtime gives tensors with buffer 0 no data, whatever it holds.
+#[test]
+fn the_sentinel_buffer_is_never_tensor_data() {
+    let mut m = attacks::unpack(&attacks::read_fixture("mlp.tflite"));
+    let weights = m.buffers.as_ref().unwrap()[4].clone();
+    m.buffers.as_mut().unwrap()[0] = weights.clone();
+    let bytes = attacks::pack(&m);
+    let model = tflq::Model::parse(&bytes).unwrap();
+    assert!(model.buffer_data(0).is_empty());
+    let out = tflq::quantize(&bytes, &tflq::Options::default()).unwrap();
+    let mut tally = harness::Tally::default();
+    harness::check(&bytes, &mut tally).unwrap();
+    let q = attacks::unpack(&out.bytes);
+    // The quantized tensors point at buffer 0, which keeps its bytes (a metadata entry may
+    // name it) but is no tensor's data.
+    assert_eq!(q.buffers.as_ref().unwrap()[0].data, weights.data);
+    let model = tflq::Model::parse(&out.bytes).unwrap();
+    assert!(model.subgraphs[0].tensors.iter().any(|t| t.buffer == 0));
+    assert!(model.buffer_data(0).is_empty());
+}
