@@ -41,7 +41,8 @@ pub struct FileOptions {
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Asks every write in progress to stop at its next block; their temporary files are removed
-/// and they fail with an `Interrupted` I/O error. Safe to call from a signal handler thread.
+/// and they fail with an I/O error saying "interrupted". Safe to call from a signal handler
+/// thread.
 pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
@@ -52,15 +53,15 @@ pub fn stop_requested() -> bool {
 }
 
 /// A writer that fails once a stop is requested.
+///
+/// The error's kind is `Other`, not `Interrupted`: `write_all`, `BufWriter` and `io::copy`
+/// retry `Interrupted` writes forever, so that kind would turn a stop into a busy loop.
 struct Stoppable<W>(W);
 
 impl<W: Write> Write for Stoppable<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if stop_requested() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "interrupted",
-            ));
+            return Err(std::io::Error::other("interrupted"));
         }
         self.0.write(buf)
     }

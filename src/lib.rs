@@ -14,13 +14,20 @@
 //! ```
 //!
 //! [`quantize_file`] does the same from path to path, memory-mapping the input and writing
-//! the output atomically.
+//! the output atomically, and [`batch::quantize_all`] does it for every model under a set of
+//! folders, in parallel. [`report`] measures what int8 costs each weight tensor (of the
+//! quantization `quantize` would do, or of a model quantized by any tool), and [`inspect`]
+//! describes what a model holds.
 
+pub mod batch;
 pub mod error;
 pub mod files;
+pub mod inspect;
 pub mod model;
+pub mod ops;
 pub mod plan;
 pub mod quant;
+pub mod report;
 pub mod rewrite;
 pub mod summary;
 
@@ -29,7 +36,8 @@ use std::io::Write;
 pub use error::{Error, ModelError, Result};
 pub use files::{FileOptions, quantize_file};
 pub use model::Model;
-pub use plan::{LayoutPolicy, Options, SkipReason};
+pub use plan::{Granularity, LayoutPolicy, Mode, Options, SkipReason, WeightType};
+pub use report::{Report, ReportOptions};
 pub use rewrite::Layout;
 pub use summary::Summary;
 

@@ -5,6 +5,8 @@
 //! shape needs, no overlapping external buffers, no control-flow cycles. After that the rest
 //! of the crate trusts the indices it finds here.
 
+pub mod details;
+
 use std::ops::Range;
 
 use tflq_schema as fb;

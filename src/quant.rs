@@ -20,8 +20,11 @@ pub const CHUNK: usize = 1 << 16;
 pub struct QuantParams {
     /// Positive, finite step between two adjacent codes.
     pub scale: f32,
-    /// Code that represents 0.0 exactly, in [-128, 127].
+    /// Code that represents 0.0 exactly, in [-128, 127] (0 when symmetric).
     pub zero_point: i32,
+    /// Smallest code used: -128, or -127 for symmetric (narrow range) weights, which the
+    /// runtime's hybrid kernels require.
+    pub qmin: i32,
 }
 
 /// What a single pass over a tensor learns: its range and whether it can be quantized.
@@ -116,14 +119,17 @@ pub fn asymmetric_params(min: f32, max: f32) -> QuantParams {
             c if c > 0.0 => QuantParams {
                 scale: c,
                 zero_point: -128,
+                qmin: -128,
             },
             c if c < 0.0 => QuantParams {
                 scale: -c,
                 zero_point: 127,
+                qmin: -128,
             },
             _ => QuantParams {
                 scale: 1.0,
                 zero_point: -128,
+                qmin: -128,
             },
         };
     }
@@ -137,7 +143,33 @@ pub fn asymmetric_params(min: f32, max: f32) -> QuantParams {
     let zero_point = (-128.0 - lo / f64::from(scale))
         .round()
         .clamp(-128.0, 127.0) as i32;
-    QuantParams { scale, zero_point }
+    QuantParams {
+        scale,
+        zero_point,
+        qmin: -128,
+    }
+}
+
+/// Symmetric (zero point 0, codes in [-127, 127]) parameters for finite `min..=max`:
+/// `scale = max(|min|, |max|) / 127`. A constant tensor gets `scale = |c|` (code ±1), so it
+/// reconstructs exactly.
+pub fn symmetric_params(min: f32, max: f32) -> QuantParams {
+    let m = f64::from(min.abs().max(max.abs()));
+    let mut scale = if min == max {
+        m as f32
+    } else {
+        (m / 127.0) as f32
+    };
+    if scale == 0.0 {
+        scale = 1.0;
+    } else if !scale.is_normal() && min != max {
+        scale = f32::MIN_POSITIVE;
+    }
+    QuantParams {
+        scale,
+        zero_point: 0,
+        qmin: -127,
+    }
 }
 
 /// Rounds half away from zero, exactly like `f32::round`, for |v| < 2^22.
@@ -156,7 +188,7 @@ fn round_half_away(v: f32) -> i32 {
 pub fn quantize_into(values: &[f32], p: QuantParams, out: &mut [i8]) {
     debug_assert_eq!(values.len(), out.len());
     // Clamping before rounding is the same as after, since both bounds are integers.
-    let lo = (-128 - p.zero_point) as f32;
+    let lo = (p.qmin - p.zero_point) as f32;
     let hi = (127 - p.zero_point) as f32;
     let scale = p.scale;
     let zp = p.zero_point;
@@ -224,12 +256,16 @@ impl ErrorStats {
     }
 
     /// Σx·x' / (|x|·|x'|); 1 when both are all zero.
+    ///
+    /// Computed as (Σx² + Σx'² - Σ(x-x')²) / (2·|x|·|x'|), which equals it: the rounding of
+    /// the f32 partial sums of Σx² and Σx'² then cancels between numerator and denominator,
+    /// whereas Σx·x' / (|x|·|x'|) loses the digits that tell 0.99996 from 0.99997.
     pub fn cosine(&self) -> f64 {
         let d = (self.signal * self.recon).sqrt();
         if d == 0.0 {
             if self.signal == self.recon { 1.0 } else { 0.0 }
         } else {
-            self.dot / d
+            ((self.signal + self.recon - self.noise) / (2.0 * d)).clamp(-1.0, 1.0)
         }
     }
 }
@@ -275,6 +311,175 @@ pub fn quantize_par(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStat
         .reduce(ErrorStats::default, ErrorStats::merge)
 }
 
+/// How one buffer's float32 values are stored in the output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoding {
+    /// int8 codes with one scale and zero point.
+    PerTensor(QuantParams),
+    /// int8 codes with one scale and zero point per index along `axis` of the tensor.
+    PerChannel(PerChannel),
+    /// IEEE half precision; values beyond ±65504 are clamped to it, never infinity.
+    Float16,
+}
+
+/// Per-channel parameters and the geometry needed to find each element's channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerChannel {
+    /// The quantized dimension.
+    pub axis: usize,
+    /// Product of the dimensions after `axis`: elements per run of one channel.
+    pub inner: usize,
+    /// One set of parameters per channel (`dims[axis]` of them).
+    pub params: Vec<QuantParams>,
+}
+
+impl PerChannel {
+    /// Channel of element `index` (row-major).
+    #[inline]
+    fn channel(&self, index: usize) -> usize {
+        (index / self.inner) % self.params.len()
+    }
+
+    /// Splits elements `first..first + len` into runs that share a channel.
+    fn runs(&self, first: usize, len: usize, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+        let mut i = 0;
+        while i < len {
+            let g = first + i;
+            let end = (len).min(i + (self.inner - g % self.inner));
+            f(self.channel(g), i..end);
+            i = end;
+        }
+    }
+}
+
+/// Largest finite float16 value.
+pub const F16_MAX: f32 = 65504.0;
+
+impl Encoding {
+    /// Bytes per encoded element.
+    pub fn element_size(&self) -> usize {
+        match self {
+            Encoding::Float16 => 2,
+            _ => 1,
+        }
+    }
+
+    /// Encodes `values`, elements `first..first + values.len()` of the tensor, into `out`
+    /// (`values.len() * element_size()` bytes) and measures the error.
+    pub fn encode(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
+        match self {
+            Encoding::PerTensor(p) => {
+                let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
+                quantize_into(values, *p, codes);
+                error_stats(values, codes, *p)
+            }
+            Encoding::PerChannel(pc) => {
+                let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
+                let mut stats = ErrorStats::default();
+                if pc.inner == 1 {
+                    // Last-axis channels (depthwise filters): the channel changes every element.
+                    for (i, (&x, q)) in values.iter().zip(codes.iter_mut()).enumerate() {
+                        let p = pc.params[pc.channel(first + i)];
+                        quantize_into(std::slice::from_ref(&x), p, std::slice::from_mut(q));
+                        stats = stats.merge(error_stats(&[x], std::slice::from_ref(q), p));
+                    }
+                } else {
+                    pc.runs(first, values.len(), |c, r| {
+                        let p = pc.params[c];
+                        quantize_into(&values[r.clone()], p, &mut codes[r.clone()]);
+                        stats = stats.merge(error_stats(&values[r.clone()], &codes[r], p));
+                    });
+                }
+                stats
+            }
+            Encoding::Float16 => {
+                let mut stats = ErrorStats::default();
+                for (xs, os) in values.chunks(1024).zip(out.chunks_mut(2048)) {
+                    let (mut s, mut n, mut m, mut d, mut r) = (0f64, 0f64, 0f64, 0f64, 0f64);
+                    for (&x, o) in xs.iter().zip(os.chunks_exact_mut(2)) {
+                        let h = half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
+                        o.copy_from_slice(&h.to_le_bytes());
+                        let (x, y) = (f64::from(x), f64::from(h.to_f32()));
+                        let e = x - y;
+                        s += x * x;
+                        n += e * e;
+                        m = m.max(e.abs());
+                        d += x * y;
+                        r += y * y;
+                    }
+                    stats = stats.merge(ErrorStats {
+                        count: xs.len() as u64,
+                        signal: s,
+                        noise: n,
+                        max_abs: m,
+                        dot: d,
+                        recon: r,
+                    });
+                }
+                stats
+            }
+        }
+    }
+
+    /// [`Encoding::encode`] over all cores.
+    pub fn encode_par(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
+        use rayon::prelude::*;
+        let size = self.element_size();
+        values
+            .par_chunks(CHUNK)
+            .zip(out.par_chunks_mut(CHUNK * size))
+            .enumerate()
+            .map(|(k, (xs, os))| self.encode(xs, first + k * CHUNK, os))
+            .reduce(ErrorStats::default, ErrorStats::merge)
+    }
+
+    /// The value the encoded element `index` of `bytes` stands for.
+    pub fn decode(&self, bytes: &[u8], index: usize) -> f32 {
+        match self {
+            Encoding::PerTensor(p) => dequantize(bytes[index] as i8, *p),
+            Encoding::PerChannel(pc) => {
+                dequantize(bytes[index] as i8, pc.params[pc.channel(index)])
+            }
+            Encoding::Float16 => {
+                half::f16::from_le_bytes([bytes[2 * index], bytes[2 * index + 1]]).to_f32()
+            }
+        }
+    }
+}
+
+/// Range of each channel along `axis` of a tensor with dimensions `dims` (row-major).
+pub fn channel_ranges(values: &[f32], dims: &[usize], axis: usize) -> Vec<Range> {
+    use rayon::prelude::*;
+    let channels = dims[axis];
+    let inner: usize = dims[axis + 1..].iter().product();
+    let slab = channels * inner;
+    if slab == 0 || values.is_empty() {
+        return vec![Range::EMPTY; channels];
+    }
+    let merge_all = |mut a: Vec<Range>, b: Vec<Range>| {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x = x.merge(y);
+        }
+        a
+    };
+    values
+        .par_chunks(slab)
+        .map(|slab| {
+            if inner == 1 {
+                let mut r = vec![Range::EMPTY; channels];
+                for row in slab.chunks(channels) {
+                    for (c, &x) in row.iter().enumerate() {
+                        r[c] = r[c].merge(scan_range(std::slice::from_ref(&x)));
+                    }
+                }
+                r
+            } else {
+                slab.chunks(inner).map(scan_range).collect()
+            }
+        })
+        .reduce(|| vec![Range::EMPTY; channels], merge_all)
+}
+
 /// Reads little-endian f32 values from raw tensor bytes into `out`.
 ///
 /// Model data is little-endian by definition; on little-endian targets with aligned data the
@@ -295,6 +500,77 @@ pub fn as_f32(bytes: &[u8]) -> Option<&[f32]> {
     } else {
         None
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Report statistics: how a tensor's codes use the int8 range, and errors per channel.
+// Used by `report` (and nothing else); kept apart so that the schemes above can change
+// without touching it.
+// ---------------------------------------------------------------------------------------
+
+/// How often each code occurs: index `code + 128`.
+pub fn code_histogram(codes: &[i8]) -> [u64; 256] {
+    let mut h = [0u64; 256];
+    for &q in codes {
+        h[(i16::from(q) + 128) as usize] += 1;
+    }
+    h
+}
+
+/// How a tensor's codes use the 256 int8 levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeUse {
+    /// Number of distinct codes that occur (of 256).
+    pub levels: u32,
+    /// Number of values whose code is an end of the range the scheme allows.
+    pub at_edges: u64,
+    /// Number of values.
+    pub count: u64,
+}
+
+impl CodeUse {
+    /// Reads a [`code_histogram`]. The edges are -128 and 127, except for a symmetric scheme
+    /// (`symmetric`: every zero point is 0) that never uses -128: its range is -127..=127,
+    /// as written by converters that keep the range symmetric.
+    pub fn from_histogram(h: &[u64; 256], symmetric: bool) -> CodeUse {
+        let lo = if symmetric && h[0] == 0 { 1 } else { 0 };
+        CodeUse {
+            levels: h.iter().filter(|&&n| n > 0).count() as u32,
+            at_edges: h[lo] + h[255],
+            count: h.iter().sum(),
+        }
+    }
+
+    /// Share of values at the edges, in [0, 1] (0 for an empty tensor).
+    pub fn edge_share(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.at_edges as f64 / self.count as f64
+        }
+    }
+}
+
+/// [`error_stats`] for codes with one parameter pair per channel: element `i` belongs to
+/// channel `(i / inner) % params.len()` (`inner`: product of the dimensions after the channel
+/// axis). One pair and any `inner` is the per-tensor case.
+pub fn error_stats_channels(
+    values: &[f32],
+    codes: &[i8],
+    params: &[QuantParams],
+    inner: usize,
+) -> ErrorStats {
+    let mut total = ErrorStats::default();
+    if params.len() <= 1 || inner == 0 {
+        if let Some(&p) = params.first() {
+            total = error_stats(values, codes, p);
+        }
+        return total;
+    }
+    for (run, (xs, qs)) in values.chunks(inner).zip(codes.chunks(inner)).enumerate() {
+        total = total.merge(error_stats(xs, qs, params[run % params.len()]));
+    }
+    total
 }
 
 #[cfg(test)]
@@ -390,6 +666,44 @@ mod tests {
         assert_eq!(s.cosine(), 1.0);
     }
 
+    #[test]
+    fn code_use_counts_levels_and_edges() {
+        let h = code_histogram(&[-128, -128, 0, 5, 127, 5]);
+        assert_eq!((h[0], h[128], h[133], h[255]), (2, 1, 2, 1));
+        let u = CodeUse::from_histogram(&h, false);
+        assert_eq!((u.levels, u.at_edges, u.count), (4, 3, 6));
+        assert_eq!(u.edge_share(), 0.5);
+        // Symmetric and never -128: the range is -127..=127.
+        let u = CodeUse::from_histogram(&code_histogram(&[-127, 0, 127, 3]), true);
+        assert_eq!((u.levels, u.at_edges), (4, 2));
+        // Symmetric but -128 used: the full range.
+        let u = CodeUse::from_histogram(&code_histogram(&[-128, -127, 127]), true);
+        assert_eq!(u.at_edges, 2);
+        assert_eq!(CodeUse::from_histogram(&[0; 256], false).edge_share(), 0.0);
+    }
+
+    #[test]
+    fn per_channel_stats_use_each_channel_s_parameters() {
+        // Shape [2, 3] quantized along axis 1 (inner 1) and along axis 0 (inner 3).
+        let values = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let codes = [1i8, 1, 1, 2, 2, 2];
+        let p = |s: f32| QuantParams {
+            scale: s,
+            zero_point: 0,
+            qmin: -128,
+        };
+        let cols = [p(1.0), p(2.0), p(3.0)];
+        let s = error_stats_channels(&values, &codes, &cols, 1);
+        // Reconstruction 1, 2, 3, 2, 4, 6: errors 0, 0, 0, 2, 1, 0.
+        assert_eq!((s.count, s.noise, s.max_abs), (6, 5.0, 2.0));
+        let rows = [p(1.0), p(2.5)];
+        let s = error_stats_channels(&values, &codes, &rows, 3);
+        // Reconstruction 1, 1, 1, 5, 5, 5: errors 0, 1, 2, 1, 0, 1.
+        assert_eq!((s.noise, s.max_abs), (7.0, 2.0));
+        let one = error_stats_channels(&values, &codes, &[p(1.0)], 7);
+        assert_eq!(one, error_stats(&values, &codes, p(1.0)));
+    }
+
     proptest! {
         #[test]
         fn every_value_comes_back_within_half_a_step(
@@ -431,5 +745,69 @@ mod tests {
             prop_assert_eq!(&q, &qp);
             prop_assert_eq!(stats.count, values.len() as u64);
         }
+    }
+
+    /// Per-channel encoding equals per-tensor encoding of each channel's own slice, for any
+    /// axis and any block start (the streaming writer starts blocks anywhere).
+    #[test]
+    fn per_channel_is_per_tensor_on_each_channel() {
+        let dims = [3usize, 4, 5];
+        let values: Vec<f32> = (0..60)
+            .map(|i| ((i * 37 % 61) as f32 - 30.0) * (1.0 + (i % 4) as f32))
+            .collect();
+        for axis in 0..3 {
+            let ranges = channel_ranges(&values, &dims, axis);
+            let inner: usize = dims[axis + 1..].iter().product();
+            let params: Vec<_> = ranges
+                .iter()
+                .map(|r| asymmetric_params(r.min, r.max))
+                .collect();
+            let e = Encoding::PerChannel(PerChannel {
+                axis,
+                inner,
+                params: params.clone(),
+            });
+            let mut whole = vec![0u8; 60];
+            e.encode(&values, 0, &mut whole);
+            let mut pieces = vec![0u8; 60];
+            for (start, end) in [(0, 7), (7, 33), (33, 60)] {
+                e.encode(&values[start..end], start, &mut pieces[start..end]);
+            }
+            assert_eq!(whole, pieces, "axis {axis}");
+            for (i, &x) in values.iter().enumerate() {
+                let c = (i / inner) % dims[axis];
+                let mut q = [0i8];
+                quantize_into(&[x], params[c], &mut q);
+                assert_eq!(whole[i] as i8, q[0], "axis {axis} element {i}");
+                assert!((e.decode(&whole, i) - x).abs() <= params[c].scale * 0.5001);
+                // The channel's range is what the slice's own scan gives.
+                assert!(ranges[c].min <= x && x <= ranges[c].max);
+            }
+        }
+    }
+
+    #[test]
+    fn symmetric_codes_stay_within_127() {
+        let values = [-3.0f32, -1.0, 0.0, 2.0, 2.9];
+        let r = scan_range(&values);
+        let p = symmetric_params(r.min, r.max);
+        assert_eq!((p.zero_point, p.qmin), (0, -127));
+        let mut q = [0i8; 5];
+        quantize_into(&values, p, &mut q);
+        assert_eq!(q[0], -127);
+        assert!(q.iter().all(|&c| c >= -127));
+        let c = symmetric_params(-2.5, -2.5);
+        assert_eq!(dequantize(-1, c), -2.5);
+    }
+
+    #[test]
+    fn float16_clamps_instead_of_overflowing() {
+        let values = [1e6f32, -1e9, 1.0, 65504.0, 1e-8];
+        let mut out = [0u8; 10];
+        let stats = Encoding::Float16.encode(&values, 0, &mut out);
+        let back: Vec<f32> = (0..5).map(|i| Encoding::Float16.decode(&out, i)).collect();
+        assert_eq!(&back[..4], &[65504.0, -65504.0, 1.0, 65504.0]);
+        assert!(back.iter().all(|v| v.is_finite()));
+        assert_eq!(stats.count, 5);
     }
 }

@@ -21,7 +21,7 @@ use tflq_schema as fb;
 use crate::error::{Error, ModelError};
 use crate::model::{Model, op};
 use crate::plan::{LayoutPolicy, Plan};
-use crate::quant::{self, ErrorStats};
+use crate::quant::{Encoding, ErrorStats};
 
 /// How buffer data is stored in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,7 +67,9 @@ impl Source {
     fn len(&self, plan: &Plan) -> u64 {
         match self {
             Source::Copy(r) => r.len() as u64,
-            Source::Quantize(j) => plan.jobs[*j].elements,
+            Source::Quantize(j) => {
+                plan.jobs[*j].elements * plan.jobs[*j].encoding.element_size() as u64
+            }
         }
     }
 }
@@ -145,17 +147,50 @@ fn build_skeleton(
         .flatten()
         .map(|c| c.unpack())
         .collect();
-    let dequantize = if plan.jobs.is_empty() {
-        0
-    } else {
-        dequantize_opcode(&mut codes, model)?
-    };
-
-    // Tensors to rewrite, per subgraph.
-    let mut per_subgraph: Vec<Vec<(usize, usize)>> = vec![Vec::new(); model.subgraphs.len()];
+    let readers = crate::plan::consumers(model);
+    // Per subgraph: (tensor, job, whether it needs the DEQUANTIZE path).
+    let mut per_subgraph: Vec<Vec<(usize, usize, bool)>> = vec![Vec::new(); model.subgraphs.len()];
+    let mut dq_version = 0;
     for (j, job) in plan.jobs.iter().enumerate() {
         for u in &job.users {
-            per_subgraph[u.subgraph].push((u.tensor, j));
+            let r = &readers[u.subgraph][u.tensor];
+            let ops = &model.subgraphs[u.subgraph].ops;
+            let all_hybrid = !r.is_empty()
+                && r.iter()
+                    .all(|&(oi, slot)| plan.reads_int8(u.subgraph, oi, ops[oi].code, slot));
+            let is_output = model.subgraphs[u.subgraph]
+                .outputs
+                .contains(&(u.tensor as i32));
+            let needs_dq = !all_hybrid || is_output;
+            if needs_dq {
+                dq_version = dq_version.max(dequantize_version(&job.encoding));
+            }
+            per_subgraph[u.subgraph].push((u.tensor, j, needs_dq));
+        }
+    }
+    let dequantize = if dq_version == 0 {
+        0
+    } else {
+        dequantize_opcode(&mut codes, model, dq_version)?
+    };
+    for h in &plan.hybrid_ops {
+        let o = &model.subgraphs[h.subgraph].ops[h.op];
+        let Some(spec) = crate::ops::hybrid(o.code) else {
+            continue;
+        };
+        let per_channel = spec.slots.iter().any(|&slot| {
+            let t = o.inputs.get(slot).and_then(|&t| usize::try_from(t).ok());
+            per_subgraph[h.subgraph].iter().any(|&(ti, j, _)| {
+                Some(ti) == t && matches!(plan.jobs[j].encoding, Encoding::PerChannel(_))
+            })
+        });
+        let version = if per_channel {
+            spec.version.1
+        } else {
+            spec.version.0
+        };
+        if let Some(c) = codes.get_mut(opcode_index(model, h)?) {
+            c.version = c.version.max(version);
         }
     }
 
@@ -164,38 +199,63 @@ fn build_skeleton(
     for (si, sg) in root.subgraphs().into_iter().flatten().enumerate() {
         let mut sg = sg.unpack();
         let tensors = sg.tensors.get_or_insert_with(Vec::new);
+        let operators = sg.operators.get_or_insert_with(Vec::new);
         let mut new_ops = Vec::with_capacity(per_subgraph[si].len());
-        for &(ti, j) in &per_subgraph[si] {
-            let p = plan.jobs[j].params;
+        for &(ti, j, needs_dq) in &per_subgraph[si] {
+            let job = &plan.jobs[j];
             let float = &mut tensors[ti];
+            if !needs_dq {
+                // Only hybrid kernels read it: the tensor itself becomes the int8 weight.
+                float.type_ = encoded_type(&job.encoding);
+                float.quantization = quantization(&job.encoding);
+                continue;
+            }
             let buffer = std::mem::take(&mut float.buffer);
-            let mut quantization = fb::QuantizationParametersT::default();
-            quantization.scale = Some(vec![p.scale]);
-            quantization.zero_point = Some(vec![i64::from(p.zero_point)]);
-            let mut codes_tensor = fb::TensorT::default();
-            codes_tensor.shape = float.shape.clone();
-            codes_tensor.type_ = fb::TensorType::INT8;
-            codes_tensor.buffer = buffer;
-            codes_tensor.name = Some(format!(
-                "{}_int8",
+            let mut twin = fb::TensorT::default();
+            twin.shape = float.shape.clone();
+            twin.type_ = encoded_type(&job.encoding);
+            twin.buffer = buffer;
+            let suffix = if job.encoding == Encoding::Float16 {
+                "fp16"
+            } else {
+                "int8"
+            };
+            twin.name = Some(format!(
+                "{}_{suffix}",
                 float.name.as_deref().unwrap_or("tensor")
             ));
-            codes_tensor.quantization = Some(Box::new(quantization));
-            codes_tensor.shape_signature = float.shape_signature.clone();
-            codes_tensor.has_rank = float.has_rank;
+            twin.quantization = quantization(&job.encoding);
+            twin.shape_signature = float.shape_signature.clone();
+            twin.has_rank = float.has_rank;
             let index =
                 i32::try_from(tensors.len()).map_err(|_| too_big("more than 2^31 tensors"))?;
-            tensors.push(codes_tensor);
+            tensors.push(twin);
+            // Hybrid readers take the int8 twin directly; the others read the DEQUANTIZE output.
+            for &(oi, slot) in &readers[si][ti] {
+                if plan.reads_int8(si, oi, model.subgraphs[si].ops[oi].code, slot) {
+                    if let Some(input) = operators[oi].inputs.as_mut().and_then(|v| v.get_mut(slot))
+                    {
+                        *input = index;
+                    }
+                }
+            }
             let mut dq = fb::OperatorT::default();
             dq.opcode_index = dequantize;
             dq.inputs = Some(vec![index]);
             dq.outputs = Some(vec![ti as i32]);
             new_ops.push(dq);
         }
+        for (oi, o) in operators.iter_mut().enumerate() {
+            if plan.is_hybrid(si, oi) {
+                let code = model.subgraphs[si].ops[oi].code;
+                if crate::ops::hybrid(code).is_some_and(|h| h.asymmetric_inputs) {
+                    set_asymmetric_inputs(o);
+                }
+            }
+        }
         if !new_ops.is_empty() {
-            let ops = sg.operators.get_or_insert_with(Vec::new);
-            new_ops.append(ops);
-            *ops = new_ops;
+            new_ops.append(operators);
+            *operators = new_ops;
         }
         for o in sg.operators.iter_mut().flatten() {
             inline_large_custom_options(model, o)?;
@@ -270,13 +330,17 @@ fn build_skeleton(
 
 /// Index of the DEQUANTIZE operator code, added once (or reused, at version 2 at least: the
 /// version that takes int8 input).
-fn dequantize_opcode(codes: &mut Vec<fb::OperatorCodeT>, model: &Model<'_>) -> Result<u32, Error> {
+fn dequantize_opcode(
+    codes: &mut Vec<fb::OperatorCodeT>,
+    model: &Model<'_>,
+    version: i32,
+) -> Result<u32, Error> {
     let existing = model.opcodes.iter().enumerate().position(|(i, &c)| {
         c == op::DEQUANTIZE && codes.get(i).is_some_and(|c| c.custom_code.is_none())
     });
     let index = match existing {
         Some(i) => {
-            codes[i].version = codes[i].version.max(2);
+            codes[i].version = codes[i].version.max(version);
             i
         }
         None => {
@@ -284,12 +348,77 @@ fn dequantize_opcode(codes: &mut Vec<fb::OperatorCodeT>, model: &Model<'_>) -> R
             // Codes below 127 go in both fields: old readers only know the first.
             code.deprecated_builtin_code = op::DEQUANTIZE as i8;
             code.builtin_code = fb::BuiltinOperator::DEQUANTIZE;
-            code.version = 2;
+            code.version = version;
             codes.push(code);
             codes.len() - 1
         }
     };
     u32::try_from(index).map_err(|_| too_big("too many operator codes"))
+}
+
+/// The DEQUANTIZE version the converter writes for this input: 2 for int8, 3 for float16,
+/// 5 for per-channel int8.
+fn dequantize_version(e: &Encoding) -> i32 {
+    match e {
+        Encoding::PerTensor(_) => 2,
+        Encoding::Float16 => 3,
+        Encoding::PerChannel(_) => 5,
+    }
+}
+
+fn encoded_type(e: &Encoding) -> fb::TensorType {
+    match e {
+        Encoding::Float16 => fb::TensorType::FLOAT16,
+        Encoding::PerTensor(_) | Encoding::PerChannel(_) => fb::TensorType::INT8,
+    }
+}
+
+/// The tensor's quantization parameters for an encoding (none for float16).
+fn quantization(e: &Encoding) -> Option<Box<fb::QuantizationParametersT>> {
+    let mut q = fb::QuantizationParametersT::default();
+    match e {
+        Encoding::Float16 => return None,
+        Encoding::PerTensor(p) => {
+            q.scale = Some(vec![p.scale]);
+            q.zero_point = Some(vec![i64::from(p.zero_point)]);
+        }
+        Encoding::PerChannel(pc) => {
+            q.scale = Some(pc.params.iter().map(|p| p.scale).collect());
+            q.zero_point = Some(pc.params.iter().map(|p| i64::from(p.zero_point)).collect());
+            q.quantized_dimension = pc.axis as i32;
+        }
+    }
+    Some(Box::new(q))
+}
+
+/// Operator code index of a hybrid operator.
+fn opcode_index(model: &Model<'_>, h: &crate::plan::OpRef) -> Result<usize, Error> {
+    model
+        .root
+        .subgraphs()
+        .and_then(|s| s.iter().nth(h.subgraph))
+        .and_then(|s| s.operators())
+        .and_then(|o| o.iter().nth(h.op))
+        .map(|o| o.opcode_index() as usize)
+        .ok_or_else(|| too_big("operator vanished"))
+}
+
+/// Turns on `asymmetric_quantize_inputs` in a hybrid operator's options, creating the
+/// options table when the model left it out.
+fn set_asymmetric_inputs(o: &mut fb::OperatorT) {
+    use fb::BuiltinOptionsT as B;
+    match &mut o.builtin_options {
+        B::FullyConnectedOptions(x) => x.asymmetric_quantize_inputs = true,
+        B::BatchMatMulOptions(x) => x.asymmetric_quantize_inputs = true,
+        B::LSTMOptions(x) => x.asymmetric_quantize_inputs = true,
+        B::UnidirectionalSequenceLSTMOptions(x) => x.asymmetric_quantize_inputs = true,
+        B::BidirectionalSequenceLSTMOptions(x) => x.asymmetric_quantize_inputs = true,
+        B::SVDFOptions(x) => x.asymmetric_quantize_inputs = true,
+        B::RNNOptions(x) => x.asymmetric_quantize_inputs = true,
+        B::SequenceRNNOptions(x) => x.asymmetric_quantize_inputs = true,
+        B::BidirectionalSequenceRNNOptions(x) => x.asymmetric_quantize_inputs = true,
+        _ => {}
+    }
 }
 
 /// Custom options stored after the flatbuffer would point at the wrong bytes once the data
@@ -406,7 +535,7 @@ fn stream<W: Write>(
     out.write_all(skeleton)?;
     let mut pos = skeleton.len() as u64;
     let zeros = [0u8; 32];
-    let mut codes: Vec<i8> = Vec::new();
+    let mut codes: Vec<u8> = Vec::new();
     for b in blocks {
         let len = b.source.len(plan);
         let start = if layout == Layout::Inline {
@@ -424,14 +553,15 @@ fn stream<W: Write>(
             Source::Quantize(j) => {
                 let job = &plan.jobs[*j];
                 let data = model.buffer_data(job.buffer);
-                for block in data.chunks(BLOCK * 4) {
+                let size = job.encoding.element_size();
+                for (k, block) in data.chunks(BLOCK * 4).enumerate() {
                     let n = block.len() / 4;
-                    codes.resize(n, 0);
+                    codes.resize(n * size, 0);
                     let s = crate::plan::with_f32(block, |values| {
-                        quant::quantize_par(values, job.params, &mut codes[..n])
+                        job.encoding.encode_par(values, k * BLOCK, &mut codes)
                     });
                     stats[*j] = stats[*j].merge(s);
-                    out.write_all(bytemuck::cast_slice(&codes[..n]))?;
+                    out.write_all(&codes)?;
                 }
             }
         }

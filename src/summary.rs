@@ -6,6 +6,8 @@ use serde::Serialize;
 
 use crate::model::Model;
 use crate::plan::{Plan, SkipReason};
+use crate::quant::Encoding;
+use crate::report::format::human;
 use crate::rewrite::{Layout, Written};
 
 /// One quantized tensor.
@@ -25,10 +27,20 @@ pub struct QuantizedTensor {
     pub min: f32,
     /// Largest value.
     pub max: f32,
-    /// Quantization scale.
-    pub scale: f32,
-    /// Quantization zero point.
-    pub zero_point: i32,
+    /// `int8`, `int8_per_channel` or `float16`.
+    pub encoding: &'static str,
+    /// Scale (per-tensor int8), else `null`.
+    pub scale: Option<f32>,
+    /// Zero point (per-tensor int8), else `null`.
+    pub zero_point: Option<i32>,
+    /// Quantized dimension (per-channel int8), else `null`.
+    pub axis: Option<usize>,
+    /// Number of channels (per-channel int8), else `null`.
+    pub channels: Option<usize>,
+    /// Read directly by a hybrid kernel (dynamic mode) rather than through DEQUANTIZE.
+    pub hybrid: bool,
+    /// Why per-channel was asked for but per-tensor used, if so.
+    pub per_channel_fallback: Option<String>,
     /// Signal-to-quantization-noise ratio of the weights in dB (`null` when exact).
     pub sqnr_db: Option<f64>,
     /// Largest absolute reconstruction error.
@@ -81,6 +93,7 @@ pub struct Summary {
 impl Summary {
     pub(crate) fn new(model: &Model<'_>, plan: &Plan, written: Option<&Written>) -> Summary {
         let name = |s: usize, t: usize| model.subgraphs[s].tensors[t].name.clone();
+        let readers = crate::plan::consumers(model);
         let mut quantized = Vec::new();
         for (j, job) in plan.jobs.iter().enumerate() {
             let stats = written
@@ -97,8 +110,32 @@ impl Summary {
                     elements: job.elements,
                     min: job.min,
                     max: job.max,
-                    scale: job.params.scale,
-                    zero_point: job.params.zero_point,
+                    encoding: match &job.encoding {
+                        Encoding::PerTensor(_) => "int8",
+                        Encoding::PerChannel(_) => "int8_per_channel",
+                        Encoding::Float16 => "float16",
+                    },
+                    scale: match &job.encoding {
+                        Encoding::PerTensor(p) => Some(p.scale),
+                        _ => None,
+                    },
+                    zero_point: match &job.encoding {
+                        Encoding::PerTensor(p) => Some(p.zero_point),
+                        _ => None,
+                    },
+                    axis: match &job.encoding {
+                        Encoding::PerChannel(pc) => Some(pc.axis),
+                        _ => None,
+                    },
+                    channels: match &job.encoding {
+                        Encoding::PerChannel(pc) => Some(pc.params.len()),
+                        _ => None,
+                    },
+                    hybrid: readers[u.subgraph][u.tensor].iter().any(|&(oi, slot)| {
+                        let code = model.subgraphs[u.subgraph].ops[oi].code;
+                        plan.reads_int8(u.subgraph, oi, code, slot)
+                    }),
+                    per_channel_fallback: job.per_channel_fallback.clone(),
                     sqnr_db: sqnr.is_finite().then_some(sqnr),
                     max_abs_error: stats.max_abs,
                 });
@@ -106,6 +143,17 @@ impl Summary {
         }
         quantized.sort_by_key(|q| (q.subgraph, q.tensor));
         let mut warnings = Vec::new();
+        if !plan.clamped.is_empty() {
+            let names: Vec<String> = plan
+                .clamped
+                .iter()
+                .map(|r| format!("{:?}", name(r.subgraph, r.tensor)))
+                .collect();
+            warnings.push(format!(
+                "values beyond the float16 range (±65504) were clamped in {}",
+                names.join(", ")
+            ));
+        }
         let skipped: Vec<SkippedTensor> = plan
             .skipped
             .iter()
@@ -140,7 +188,10 @@ impl Summary {
             .map(|(b, _)| b.data.len() as u64)
             .sum();
         let saved: u64 = if written.is_some() {
-            plan.jobs.iter().map(|j| j.elements * 3).sum()
+            plan.jobs
+                .iter()
+                .map(|j| j.elements * (4 - j.encoding.element_size() as u64))
+                .sum()
         } else {
             0
         };
@@ -181,22 +232,7 @@ impl Summary {
     }
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-fn ratio(after: u64, before: u64) -> String {
+pub(crate) fn ratio(after: u64, before: u64) -> String {
     if before == 0 {
         "-".into()
     } else {

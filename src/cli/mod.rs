@@ -1,6 +1,10 @@
 //! Command-line interface: clap definitions and the subcommands, over the library.
 
+mod batch;
+mod inspect;
+mod options;
 mod quantize;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -15,7 +19,6 @@ pub mod exit {
     /// Interrupted (Ctrl-C); no partial output was left behind.
     pub const INTERRUPTED: i32 = 130;
     /// A quality gate (e.g. `--fail-below-sqnr`) was not met; the report was still printed.
-    #[allow(dead_code)]
     pub const GATE: i32 = 3;
 }
 
@@ -23,9 +26,10 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    success (including a model with nothing to quantize)
   1    a model or file could not be processed; the message names it and says why
-  2    invalid command line
+       (in a batch: some failed, every other one was processed)
+  2    invalid command line (also: an output folder that is the input folder)
   3    a quality gate (--fail-below-sqnr) was not met
-  130  interrupted; no partial output is left behind";
+  130  interrupted: no file is started after Ctrl-C, none is left partial";
 
 /// Quantize the float32 weights of TensorFlow Lite models to int8.
 #[derive(Debug, Parser)]
@@ -37,7 +41,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(after_help = EXIT_CODES)]
     Quantize(quantize::Args),
+    Inspect(inspect::Args),
+    Report(report::Args),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -57,6 +64,8 @@ pub fn main() -> i32 {
     let _ = ctrlc::set_handler(tflq::files::request_stop);
     let result = match cli.command {
         Command::Quantize(args) => quantize::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(code) => code,

@@ -16,15 +16,24 @@ use crate::*;
 
 /// Runs `tflq quantize IN -o OUT [extra]`; returns (exit code, stderr).
 fn run(input: &Path, output: &Path, extra: &[&str]) -> (i32, String) {
-    let out = tflq()
-        .arg("quantize")
+    let mut cmd = tflq();
+    cmd.arg("quantize")
         .arg(input)
         .arg("-o")
         .arg(output)
-        .args(extra)
-        .timeout(Duration::from_secs(60))
-        .output()
-        .unwrap();
+        .args(extra);
+    status(cmd)
+}
+
+/// Runs a read-only command (`inspect`, `report`) on `model`; returns (exit code, stderr).
+fn read_only(command: &str, model: &Path) -> (i32, String) {
+    let mut cmd = tflq();
+    cmd.arg(command).arg(model);
+    status(cmd)
+}
+
+fn status(mut cmd: assert_cmd::Command) -> (i32, String) {
+    let out = cmd.timeout(Duration::from_secs(60)).output().unwrap();
     let code = out.status.code().unwrap_or(-1);
     (code, String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -62,6 +71,10 @@ fn every_ill_formed_model_is_refused_by_name_and_leaves_nothing() {
         std::fs::write(&input, &bytes).unwrap();
         let (code, stderr) = run(&input, &output, &[]);
         refused(code, &stderr, &input, attack.expect);
+        for command in ["inspect", "report"] {
+            let (code, stderr) = read_only(command, &input);
+            refused(code, &stderr, &input, attack.expect);
+        }
         assert_eq!(entries(dir.path()), ["damaged.tflite"], "{}", attack.name);
         assert_eq!(std::fs::read(&input).unwrap(), bytes, "{}", attack.name);
     }
@@ -90,9 +103,11 @@ fn inputs_that_cannot_be_read_are_refused_without_blocking() {
     let through = model.join("inner.tflite");
     let (code, stderr) = run(&through, &output, &[]);
     refused(code, &stderr, &through, &["Not a directory"]);
+    let (code, stderr) = read_only("report", &through);
+    refused(code, &stderr, &through, &["Not a directory"]);
 
-    // A folder, a FIFO (opening it would block until a writer came), a socket, a device
-    // that never ends.
+    // A FIFO (opening it would block until a writer came), a socket, a device that never
+    // ends; and a folder where one model is expected (`quantize` takes a folder as a batch).
     let folder = dir.path().join("folder.tflite");
     std::fs::create_dir(&folder).unwrap();
     let fifo = dir.path().join("fifo.tflite");
@@ -105,10 +120,14 @@ fn inputs_that_cannot_be_read_are_refused_without_blocking() {
     );
     let socket = dir.path().join("socket.tflite");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    for input in [&folder, &fifo, &socket, Path::new("/dev/zero")] {
+    for input in [&fifo, &socket, Path::new("/dev/zero")] {
         let (code, stderr) = run(input, &output, &[]);
         refused(code, &stderr, input, &["not a regular file"]);
+        let (code, stderr) = read_only("inspect", input);
+        refused(code, &stderr, input, &["not a regular file"]);
     }
+    let (code, stderr) = read_only("inspect", &folder);
+    refused(code, &stderr, &folder, &["not a regular file"]);
     // A missing file.
     let missing = dir.path().join("missing.tflite");
     let (code, stderr) = run(&missing, &output, &[]);
@@ -391,6 +410,13 @@ fn damaged_fixtures_end_in_a_clean_success_or_a_clean_error() {
                 std::fs::remove_file(&output).unwrap();
             } else {
                 refused(code, &stderr, &input, &[]);
+            }
+            for command in ["inspect", "report"] {
+                let (again, stderr) = read_only(command, &input);
+                assert_eq!(again, code, "{command} and quantize disagree: {stderr}");
+                if again == 1 {
+                    refused(again, &stderr, &input, &[]);
+                }
             }
             assert_eq!(entries(dir.path()), ["in.tflite"]);
             outcomes[code as usize] += 1;

@@ -3,8 +3,12 @@
 //! Each test gets its own temporary folder; fixtures are read from `fixtures/` and never
 //! written (a test copies a fixture first when it needs to change it).
 
+mod batch;
 mod hostile;
+mod inspect;
+mod modes;
 mod quantize;
+mod report;
 
 // Shared with the in-process mutation tests (`tests/mutate`): the named attacks and the PRNG.
 #[path = "../mutate/attacks.rs"]

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
+use tflq::plan::{Granularity, Mode, WeightType};
+use tflq::report::{self, Format, ReportOptions, format::FormatOptions};
 use tflq::{LayoutPolicy, Options};
 use tflq_schema as fb;
 
@@ -36,9 +38,10 @@ pub struct Entry {
     pub run: fn(&[u8]) -> Outcome,
 }
 
-/// Every entry point the mutation run drives. The first is the reference: every entry must
-/// accept what `Model::parse` accepts (meaning is checked once, at the boundary) and refuse
-/// what it refuses. To cover another command (`inspect`, `report`, ...), add one line here.
+/// Every entry point the mutation run drives: parsing, quantizing in every mode, inspecting
+/// and reporting (in every format). The first is the reference: every entry must accept
+/// what `Model::parse` accepts (meaning is checked once, at the boundary) and refuse what it
+/// refuses. To cover another command, add an entry here.
 pub const ENTRIES: &[Entry] = &[
     Entry {
         name: "Model::parse",
@@ -69,6 +72,77 @@ pub const ENTRIES: &[Entry] = &[
                 ..Options::default()
             };
             model(tflq::quantize(b, &opts))
+        },
+    },
+    Entry {
+        name: "quantize --mode dynamic --per-channel --min-elements 0",
+        run: |b| {
+            let opts = Options {
+                mode: Mode::Dynamic,
+                granularity: Granularity::PerChannel,
+                min_elements: 0,
+                ..Options::default()
+            };
+            model(tflq::quantize(b, &opts))
+        },
+    },
+    Entry {
+        name: "quantize --symmetric --per-channel",
+        run: |b| {
+            let opts = Options {
+                symmetric: true,
+                granularity: Granularity::PerChannel,
+                ..Options::default()
+            };
+            model(tflq::quantize(b, &opts))
+        },
+    },
+    Entry {
+        name: "quantize --weight-type float16 --min-elements 0",
+        run: |b| {
+            let opts = Options {
+                weight_type: WeightType::Float16,
+                min_elements: 0,
+                ..Options::default()
+            };
+            model(tflq::quantize(b, &opts))
+        },
+    },
+    Entry {
+        name: "inspect (text and JSON)",
+        run: |b| match tflq::Model::parse(b) {
+            Ok(m) => {
+                let inspection = tflq::inspect::inspect(&m);
+                let text = inspection.to_string();
+                let json = serde_json::to_string(&inspection).expect("serializes");
+                assert!(!text.is_empty() && !json.is_empty());
+                Outcome::Done
+            }
+            Err(e) => refused(&tflq::Error::from(e)),
+        },
+    },
+    Entry {
+        name: "report (every format) and report --against itself",
+        run: |b| match tflq::Model::parse(b) {
+            Ok(m) => {
+                let opts = ReportOptions {
+                    quant: Options {
+                        min_elements: 0,
+                        ..Options::default()
+                    },
+                    histograms: true,
+                };
+                let fmt = FormatOptions::default();
+                for r in [report::report(&m, &opts), report::against(&m, &m, &opts)] {
+                    for f in Format::NAMES {
+                        let mut out = Vec::new();
+                        let format = Format::from_name(f).expect("a format");
+                        report::write_report(&r, format, &fmt, &mut out).expect("writes");
+                    }
+                }
+                Outcome::Done
+            }
+            Err(e) => refused(&tflq::Error::from(e)),
         },
     },
 ];

@@ -1,0 +1,438 @@
+//! Quantization-error reports: what int8 costs each weight tensor.
+//!
+//! [`report`] measures the tensors that `quantize` would quantize with the same options,
+//! through the same plan and the same kernels, without writing a model. [`against`] measures
+//! a model already quantized by any tool against its float original, from the real int8 data.
+//! Both give a [`Report`]: one row per tensor, sorted worst first, with totals; [`format`]
+//! turns it into a table, JSON, CSV, Markdown or a self-contained HTML page.
+//!
+//! Metrics, for float values x and their reconstruction x' (codes dequantized with the
+//! tensor's scale and zero point, per channel where it has several):
+//! max |x - x'|; RMSE = sqrt(mean((x - x')²)); SQNR = 10·log10(Σx² / Σ(x - x')²) dB
+//! (infinite, reported as exact, when x' = x); cosine = Σx·x' / (|x|·|x'|); distinct codes
+//! used (of 256); the share of values whose code is an end of the allowed range.
+
+pub mod against;
+pub mod analyze;
+pub mod format;
+pub mod html;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, ModelError, Result};
+use crate::model::{Model, SubgraphInfo};
+use crate::plan::{self, Options};
+use crate::quant::ErrorStats;
+
+pub use against::{MatchedBy, Unmatched, against};
+pub use analyze::Histograms;
+pub use format::{Format, write_report};
+
+/// What to measure and how much detail to keep.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// The options `quantize` would run with (which tensors qualify).
+    pub quant: Options,
+    /// Keep value and error histograms of every tensor (for the HTML report).
+    pub histograms: bool,
+}
+
+/// An operator input that reads a tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Consumer {
+    /// Operator index in the subgraph.
+    pub op: usize,
+    /// Operator name, e.g. `FULLY_CONNECTED`.
+    pub name: String,
+    /// Input slot.
+    pub input: usize,
+}
+
+/// The quantized tensor of the other model that a row was measured from (`--against`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuantizedTensor {
+    /// Subgraph index.
+    pub subgraph: usize,
+    /// Tensor index.
+    pub tensor: usize,
+    /// Tensor name.
+    pub name: String,
+    /// Buffer index.
+    pub buffer: u32,
+    /// How it was matched with its float original.
+    pub matched_by: MatchedBy,
+}
+
+/// The quantization scheme of a row, summarised.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SchemeSummary {
+    /// `per_tensor` or `per_channel`.
+    pub granularity: &'static str,
+    /// Every zero point is 0.
+    pub symmetric: bool,
+    /// Channel axis (per-channel only).
+    pub axis: Option<usize>,
+    /// Number of scale/zero point pairs.
+    pub channels: usize,
+    /// Smallest scale.
+    pub scale_min: f32,
+    /// Largest scale.
+    pub scale_max: f32,
+    /// Smallest zero point.
+    pub zero_point_min: i32,
+    /// Largest zero point.
+    pub zero_point_max: i32,
+}
+
+impl SchemeSummary {
+    fn new(s: &analyze::Scheme) -> SchemeSummary {
+        let scales = s.params.iter().map(|p| p.scale);
+        let zps = s.params.iter().map(|p| p.zero_point);
+        SchemeSummary {
+            granularity: if s.params.len() > 1 {
+                "per_channel"
+            } else {
+                "per_tensor"
+            },
+            symmetric: s.symmetric(),
+            axis: s.axis,
+            channels: s.params.len(),
+            scale_min: scales.clone().fold(f32::INFINITY, f32::min),
+            scale_max: scales.fold(f32::NEG_INFINITY, f32::max),
+            zero_point_min: zps.clone().min().unwrap_or(0),
+            zero_point_max: zps.max().unwrap_or(0),
+        }
+    }
+}
+
+/// One measured tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorRow {
+    /// Subgraph of the float tensor.
+    pub subgraph: usize,
+    /// Index of the float tensor in its subgraph.
+    pub tensor: usize,
+    /// Name of the float tensor.
+    pub name: String,
+    /// Buffer of the float tensor.
+    pub buffer: u32,
+    /// Shape.
+    pub shape: Vec<i32>,
+    /// Operators that read the float tensor.
+    pub consumers: Vec<Consumer>,
+    /// Number of elements.
+    pub elements: u64,
+    /// Smallest float value.
+    pub min: f32,
+    /// Largest float value.
+    pub max: f32,
+    /// Scale and zero point(s).
+    pub scheme: SchemeSummary,
+    /// Largest |x - x'|.
+    pub max_abs_error: f64,
+    /// sqrt(mean((x - x')²)).
+    pub rmse: f64,
+    /// SQNR in dB; `null` when not finite (see `exact`).
+    pub sqnr_db: Option<f64>,
+    /// The reconstruction equals the float values (infinite SQNR).
+    pub exact: bool,
+    /// Cosine similarity of x and x'.
+    pub cosine: f64,
+    /// Distinct codes used, of 256.
+    pub levels_used: u32,
+    /// Share of values whose code is an end of the allowed range, in [0, 1].
+    pub clamp_share: f64,
+    /// Bytes of the float data.
+    pub bytes_before: u64,
+    /// Bytes of the int8 data.
+    pub bytes_after: u64,
+    /// The quantized tensor measured (`--against` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<QuantizedTensor>,
+    /// Histograms for plots (not serialised).
+    #[serde(skip)]
+    pub histograms: Option<Histograms>,
+    /// The exact SQNR, ±infinity included, for sorting and gates.
+    #[serde(skip)]
+    pub sqnr: f64,
+    /// Buffer whose bytes `bytes_after` counts (shared buffers are counted once in totals).
+    #[serde(skip)]
+    data_buffer: u32,
+}
+
+/// One constant tensor not measured, with the reason.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SkippedRow {
+    /// Subgraph index.
+    pub subgraph: usize,
+    /// Tensor index.
+    pub tensor: usize,
+    /// Tensor name.
+    pub name: String,
+    /// Stable reason key, e.g. `too_small`.
+    pub reason: String,
+    /// The reason in words.
+    pub detail: String,
+}
+
+/// The tensor with the lowest SQNR.
+#[derive(Debug, Clone, Serialize)]
+pub struct Worst {
+    /// Subgraph index.
+    pub subgraph: usize,
+    /// Tensor index.
+    pub tensor: usize,
+    /// Tensor name.
+    pub name: String,
+    /// Its SQNR (`null`: exact).
+    pub sqnr_db: Option<f64>,
+}
+
+/// Totals over the measured tensors; buffers shared by several rows are counted once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    /// Rows measured.
+    pub tensors: usize,
+    /// Constant tensors not measured.
+    pub skipped: usize,
+    /// Quantized tensors that could not be matched (`--against`).
+    pub unmatched: usize,
+    /// Elements measured.
+    pub elements: u64,
+    /// Bytes of the float data.
+    pub bytes_before: u64,
+    /// Bytes of the int8 data.
+    pub bytes_after: u64,
+    /// The worst tensor.
+    pub worst: Option<Worst>,
+    /// Mean SQNR in dB weighted by element count, over tensors with a finite SQNR.
+    pub mean_sqnr_db: Option<f64>,
+    /// Tensors reconstructed exactly (left out of the mean).
+    pub exact: usize,
+}
+
+/// A quantization-error report of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The float model, as named by the caller.
+    pub model: Option<String>,
+    /// The quantized model measured (`--against`), as named by the caller.
+    pub against: Option<String>,
+    /// `--min-elements` used to choose the tensors (planned reports).
+    pub min_elements: Option<u64>,
+    /// Totals.
+    pub summary: Totals,
+    /// Measured tensors, worst first.
+    pub tensors: Vec<TensorRow>,
+    /// Constant tensors not measured.
+    pub skipped: Vec<SkippedRow>,
+    /// Quantized tensors of the other model that match no float tensor.
+    pub unmatched: Vec<Unmatched>,
+    /// Things to look at, e.g. a match whose error is as large as the signal.
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// Rows whose SQNR is below `db` (exact rows never are).
+    pub fn below(&self, db: f64) -> Vec<&TensorRow> {
+        self.tensors.iter().filter(|r| r.sqnr < db).collect()
+    }
+
+    fn new(
+        mut tensors: Vec<TensorRow>,
+        mut skipped: Vec<SkippedRow>,
+        unmatched: Vec<Unmatched>,
+    ) -> Report {
+        tensors.sort_by(|a, b| {
+            a.sqnr
+                .total_cmp(&b.sqnr)
+                .then((a.subgraph, a.tensor).cmp(&(b.subgraph, b.tensor)))
+        });
+        skipped.sort_by_key(|s| (s.subgraph, s.tensor));
+        let mut before = BTreeSet::new();
+        let mut after = BTreeSet::new();
+        let (mut elements, mut bytes_before, mut bytes_after) = (0, 0, 0);
+        let (mut weighted, mut weight, mut exact) = (0.0, 0.0, 0);
+        for r in &tensors {
+            if before.insert(r.buffer) {
+                bytes_before += r.bytes_before;
+            }
+            if after.insert(r.data_buffer) {
+                bytes_after += r.bytes_after;
+                elements += r.elements;
+                if r.sqnr.is_finite() {
+                    weighted += r.sqnr * r.elements as f64;
+                    weight += r.elements as f64;
+                } else if r.exact {
+                    exact += 1;
+                }
+            }
+        }
+        let worst = tensors.first().map(|r| Worst {
+            subgraph: r.subgraph,
+            tensor: r.tensor,
+            name: r.name.clone(),
+            sqnr_db: r.sqnr_db,
+        });
+        Report {
+            model: None,
+            against: None,
+            min_elements: None,
+            summary: Totals {
+                tensors: tensors.len(),
+                skipped: skipped.len(),
+                unmatched: unmatched.len(),
+                elements,
+                bytes_before,
+                bytes_after,
+                worst,
+                mean_sqnr_db: (weight > 0.0).then(|| weighted / weight),
+                exact,
+            },
+            tensors,
+            skipped,
+            unmatched,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Operators reading each tensor of `sg`.
+fn consumers(sg: &SubgraphInfo) -> Vec<Vec<Consumer>> {
+    let mut out = vec![Vec::new(); sg.tensors.len()];
+    for (oi, op) in sg.ops.iter().enumerate() {
+        for (slot, &t) in op.inputs.iter().enumerate() {
+            if let Some(list) = usize::try_from(t).ok().and_then(|t| out.get_mut(t)) {
+                list.push(Consumer {
+                    op: oi,
+                    name: op.name(),
+                    input: slot,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The measured part of a row, filled in from statistics.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    model: &Model<'_>,
+    consumers: &[Vec<Vec<Consumer>>],
+    (subgraph, tensor): (usize, usize),
+    scheme: &analyze::Scheme,
+    (min, max): (f32, f32),
+    measured: analyze::Measured,
+    bytes_after: u64,
+    data_buffer: u32,
+) -> TensorRow {
+    let t = &model.subgraphs[subgraph].tensors[tensor];
+    let s: ErrorStats = measured.stats;
+    let sqnr = s.sqnr_db();
+    TensorRow {
+        subgraph,
+        tensor,
+        name: t.name.clone(),
+        buffer: t.buffer,
+        shape: t.shape.clone(),
+        consumers: consumers[subgraph][tensor].clone(),
+        elements: t.elements,
+        min,
+        max,
+        scheme: SchemeSummary::new(scheme),
+        max_abs_error: s.max_abs,
+        rmse: s.rmse(),
+        sqnr_db: sqnr.is_finite().then_some(sqnr),
+        exact: s.noise == 0.0,
+        cosine: s.cosine(),
+        levels_used: measured.code_use.levels,
+        clamp_share: measured.code_use.edge_share(),
+        bytes_before: model.buffer_data(t.buffer).len() as u64,
+        bytes_after,
+        quantized: None,
+        histograms: measured.histograms,
+        sqnr,
+        data_buffer,
+    }
+}
+
+/// Elements quantized per block, as in the rewriter: memory stays flat on large tensors.
+const BLOCK: usize = 1 << 22;
+
+/// Measures every tensor that `quantize` would quantize with `opts.quant`, without writing a
+/// model: same plan, same parameters, same kernels.
+pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
+    let plan = plan::plan(model, &opts.quant);
+    let consumers: Vec<_> = model.subgraphs.iter().map(consumers).collect();
+    let mut rows = Vec::new();
+    let mut codes = Vec::new();
+    for job in &plan.jobs {
+        let Some(scheme) = analyze::job_scheme(job) else {
+            continue; // float16: no int8 codes (refused up front by the CLI)
+        };
+        let mut meter = analyze::Meter::new(&scheme, job.min, job.max, opts.histograms);
+        for (k, block) in model.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
+            let n = block.len() / 4;
+            codes.resize(n, 0);
+            plan::with_f32(block, |values| {
+                let stats = analyze::quantize_job(values, k * BLOCK, job, &mut codes[..n]);
+                meter.add(values, &codes[..n], Some(stats));
+            });
+        }
+        let measured = meter.finish();
+        for u in &job.users {
+            rows.push(row(
+                model,
+                &consumers,
+                (u.subgraph, u.tensor),
+                &scheme,
+                (job.min, job.max),
+                measured.clone(),
+                job.elements,
+                job.buffer,
+            ));
+        }
+    }
+    let skipped = plan
+        .skipped
+        .iter()
+        .map(|(r, reason)| SkippedRow {
+            subgraph: r.subgraph,
+            tensor: r.tensor,
+            name: model.subgraphs[r.subgraph].tensors[r.tensor].name.clone(),
+            reason: reason.key().to_owned(),
+            detail: reason.to_string(),
+        })
+        .collect();
+    let mut report = Report::new(rows, skipped, Vec::new());
+    report.min_elements = Some(opts.quant.min_elements);
+    report
+}
+
+fn parse_at<'a>(path: &Path, data: &'a [u8]) -> Result<Model<'a>> {
+    Model::parse(data).map_err(|e: ModelError| Error::model(path, e))
+}
+
+/// [`report`] of the model at `path` (memory-mapped).
+pub fn report_file(path: &Path, opts: &ReportOptions) -> Result<Report> {
+    let data = crate::files::map_input(path)?;
+    let model = parse_at(path, &data)?;
+    let mut r = report(&model, opts);
+    r.model = Some(path.display().to_string());
+    Ok(r)
+}
+
+/// [`against`] of the quantized model at `quantized` and its float original at `float`.
+pub fn against_files(float: &Path, quantized: &Path, opts: &ReportOptions) -> Result<Report> {
+    let fdata = crate::files::map_input(float)?;
+    let qdata = crate::files::map_input(quantized)?;
+    let f = parse_at(float, &fdata)?;
+    let q = parse_at(quantized, &qdata)?;
+    let mut r = against(&f, &q, opts);
+    r.model = Some(float.display().to_string());
+    r.against = Some(quantized.display().to_string());
+    Ok(r)
+}
