@@ -35,6 +35,21 @@ pub enum ModelError {
     /// The model has no subgraph.
     #[error("model has no subgraphs")]
     NoSubgraphs,
+    /// The model has no buffer table (not even the empty buffer 0).
+    #[error("model has no buffer table")]
+    NoBuffers,
+    /// A subgraph has no tensor table.
+    #[error("subgraph {subgraph} has no tensor table")]
+    NoTensors {
+        /// Subgraph index.
+        subgraph: usize,
+    },
+    /// A CUSTOM operator code without the name of the custom operator.
+    #[error("operator code {index} is CUSTOM but has no custom_code")]
+    CustomWithoutCode {
+        /// Index of the operator code.
+        index: usize,
+    },
     /// A tensor refers to a buffer index that does not exist.
     #[error(
         "subgraph {subgraph} tensor {tensor} ({name:?}) refers to buffer {buffer}, but the model has {count} buffers"
@@ -115,14 +130,16 @@ pub enum ModelError {
         /// Second buffer index.
         b: usize,
     },
-    /// A buffer has both inline data and an external `offset`.
+    /// A buffer has both a `data` vector (even an empty one) and an external `offset`.
     #[error("buffer {buffer} has both inline data and an offset into the file")]
     AmbiguousBuffer {
         /// Buffer index.
         buffer: usize,
     },
-    /// A tensor's shape has a negative dimension where a concrete one is required.
-    #[error("subgraph {subgraph} tensor {tensor} ({name:?}) has invalid shape {shape:?}")]
+    /// A tensor's shape has a negative dimension (unknown ones belong in `shape_signature`).
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) has invalid shape {shape:?}: a dimension is negative (unknown dimensions belong in shape_signature)"
+    )]
     BadShape {
         /// Subgraph index.
         subgraph: usize,
@@ -169,6 +186,101 @@ pub enum ModelError {
         /// Bytes the buffer holds.
         got: u64,
     },
+    /// An operator's custom options stored after the flatbuffer lie outside the file.
+    #[error(
+        "subgraph {subgraph} operator {op}: custom options at offset {offset} with size {size} lie outside the {file_len}-byte file"
+    )]
+    CustomOptionsOutOfFile {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Operator index within the subgraph.
+        op: usize,
+        /// The operator's `large_custom_options_offset`.
+        offset: u64,
+        /// The operator's `large_custom_options_size`.
+        size: u64,
+        /// Length of the file.
+        file_len: usize,
+    },
+    /// A metadata entry refers to a buffer that does not exist.
+    #[error("{place} refers to buffer {buffer}, but the model has {count} buffers")]
+    MetadataBuffer {
+        /// Which entry, e.g. `metadata 2 ("min_runtime_version")`.
+        place: String,
+        /// The out-of-range buffer index.
+        buffer: i64,
+        /// Number of buffers.
+        count: usize,
+    },
+    /// An operator code names no builtin operator of the schema.
+    #[error(
+        "operator code {index} is builtin operator {code}, which the TFLite schema does not define (a damaged file, or a model newer than this tool)"
+    )]
+    UnknownOperator {
+        /// Index of the operator code.
+        index: usize,
+        /// The effective builtin code (the larger of `builtin_code` and
+        /// `deprecated_builtin_code`, as the runtime reads it).
+        code: i32,
+    },
+    /// A tensor's element type is not one of the schema's.
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) has unknown element type {dtype} (a damaged file, or a model newer than this tool)"
+    )]
+    UnknownType {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// The `type` field as stored.
+        dtype: i8,
+    },
+    /// A variable (state) tensor has constant data; the runtime refuses it.
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) is a variable but has constant data in buffer {buffer}"
+    )]
+    VariableWithData {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// Its buffer.
+        buffer: u32,
+    },
+    /// A tensor's quantization parameters contradict each other or its shape.
+    #[error(
+        "subgraph {subgraph} tensor {tensor} ({name:?}) has invalid quantization parameters: {what}"
+    )]
+    BadQuantization {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// What is inconsistent.
+        what: String,
+    },
+    /// An operator lists one tensor as both an input and an output.
+    #[error("subgraph {subgraph} operator {op} both reads and writes tensor {tensor}")]
+    InputIsOutput {
+        /// Subgraph index.
+        subgraph: usize,
+        /// Operator index.
+        op: usize,
+        /// The tensor.
+        tensor: i32,
+    },
+    /// A signature has no key, which the runtime needs to name it.
+    #[error("signature {signature} has no signature_key")]
+    SignatureKey {
+        /// Index of the signature.
+        signature: usize,
+    },
     /// The rewritten model cannot be represented (e.g. more than 2^32 tensors).
     #[error("cannot write the model: {what}")]
     Unrepresentable {
@@ -206,6 +318,19 @@ pub enum Error {
     NotAFile {
         /// The path given.
         path: PathBuf,
+    },
+    /// The input changed (another process wrote to it) while it was being read.
+    #[error(
+        "{}: the file changed while it was being read (size {before} -> {after} bytes); nothing was written",
+        path.display()
+    )]
+    Changed {
+        /// The input file.
+        path: PathBuf,
+        /// Its size when opened.
+        before: u64,
+        /// Its size afterwards.
+        after: u64,
     },
     /// The output would overwrite the input and `--in-place` was not given.
     #[error(

@@ -1,11 +1,26 @@
-//! From path to path: map the input, write the output atomically, refuse to clobber.
+//! From path to path: read the input, write the output atomically, refuse to clobber.
 //!
-//! The output is written to a temporary file in the target folder and renamed over the
-//! target only once complete, so a failure (bad model, full disk, interruption) leaves no
-//! partial file and never touches an existing output. The input is only ever read.
+//! **Input.** Only regular files are opened (a folder, FIFO, socket or device is refused
+//! before any open, so nothing blocks or reads forever). Files up to [`READ_LIMIT`] bytes
+//! are read into memory; larger ones are memory-mapped. A mapped file that another process
+//! truncates raises SIGBUS on the next read of a lost page, which ends the process: nothing
+//! in safe code can turn that into an error. Reading small files removes that window where
+//! it costs little; for large ones the size is checked right after mapping, and size and
+//! modification time are checked again before the output is committed, so a file changed
+//! while it was read is refused instead of giving an output made from a mixture. See
+//! `docs/robustness.md`.
+//!
+//! **Output.** The output is written to an unnamed temporary file in the target folder
+//! (`O_TMPFILE`, which the kernel removes if the process dies at any point) and linked and
+//! renamed over the target only once complete and synced, so a failure (bad model, full
+//! disk, interruption, a kill) leaves no partial file and never touches an existing output.
+//! Where `O_TMPFILE` is unsupported a named temporary file is used, removed on failure. An
+//! output that is a symbolic link is written through to its target; one that is a device or
+//! FIFO (`/dev/null`, `/dev/full`, a pipe) is written directly, since it cannot be replaced.
+//! The input is only ever read.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -55,37 +70,113 @@ impl<W: Write> Write for Stoppable<W> {
     }
 }
 
-/// A read-only view of an input file: memory-mapped, or empty.
+/// Inputs up to this size are read into memory instead of mapped: a copy costs little at
+/// this size and leaves no SIGBUS window if another process truncates the file.
+pub const READ_LIMIT: u64 = 256 << 20;
+
+/// The bytes of an input file (read, or memory-mapped), with what is needed to tell whether
+/// the file changed since.
 pub struct Mapped {
-    map: Option<memmap2::Mmap>,
+    data: Data,
+    file: File,
+    path: PathBuf,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+enum Data {
+    Read(Vec<u8>),
+    Map(memmap2::Mmap),
 }
 
 impl std::ops::Deref for Mapped {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        match &self.data {
+            Data::Read(v) => v,
+            Data::Map(m) => m,
+        }
     }
 }
 
-/// Opens and maps `path` for reading. Folders and other non-files are refused.
+impl Mapped {
+    /// Fails if the file's size or modification time changed since it was opened: another
+    /// process wrote to it while it was being read, so what was read may be a mixture.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let now = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, "check", e))?;
+        if now.len() != self.len || now.modified().ok() != self.modified {
+            return Err(Error::Changed {
+                path: self.path.clone(),
+                before: self.len,
+                after: now.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Opens `path` for reading, refusing anything but a regular file, and reads or maps it.
 pub fn map_input(path: &Path) -> Result<Mapped> {
+    use std::os::unix::fs::OpenOptionsExt;
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "read", e))?;
     if !meta.is_file() {
         return Err(Error::NotAFile {
             path: path.to_owned(),
         });
     }
-    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    if meta.len() == 0 {
-        return Ok(Mapped { map: None });
+    // Non-blocking, so that a FIFO put in the file's place after the check above cannot
+    // hang the open; regular files ignore the flag.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| Error::io(path, "open", e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, "read", e))?;
+    if !meta.is_file() {
+        return Err(Error::NotAFile {
+            path: path.to_owned(),
+        });
     }
-    // SAFETY: the map is read-only and we never hand out a mutable view. The one remaining
-    // risk is outside our control: if another process truncates the file while it is mapped,
-    // reading the lost pages raises SIGBUS and ends the process (the input itself is not
-    // harmed, and the output, still a temporary file, is never renamed into place).
-    #[allow(unsafe_code)]
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, "map", e))?;
-    Ok(Mapped { map: Some(map) })
+    let len = meta.len();
+    let changed = |after: u64| Error::Changed {
+        path: path.to_owned(),
+        before: len,
+        after,
+    };
+    let data = if len <= READ_LIMIT {
+        let mut buf = Vec::with_capacity(len as usize);
+        // One byte more than expected, to notice a file that grows while it is read.
+        (&file)
+            .take(len + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, "read", e))?;
+        if buf.len() as u64 != len {
+            return Err(changed(buf.len() as u64));
+        }
+        Data::Read(buf)
+    } else {
+        // SAFETY: the map is read-only and we never hand out a mutable view. The one risk
+        // left is outside our control: if another process truncates the file while it is
+        // mapped, reading a lost page raises SIGBUS and ends the process. The input itself
+        // is not harmed, and the output, still an unnamed temporary file, vanishes with the
+        // process. Files up to READ_LIMIT are read instead, which has no such window.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, "map", e))?;
+        if map.len() as u64 != len {
+            return Err(changed(map.len() as u64));
+        }
+        Data::Map(map)
+    };
+    Ok(Mapped {
+        data,
+        file,
+        path: path.to_owned(),
+        len,
+        modified: meta.modified().ok(),
+    })
 }
 
 /// Whether `a` and `b` name the same file (following symlinks; `b` may not exist).
@@ -97,36 +188,183 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Writes a file atomically: `write` fills a temporary file beside `path`, which is renamed
-/// to `path` only if `write` succeeds. The new file gets `mode`'s permission bits.
+/// The file an output path names: a symbolic link is followed to its target (so that the
+/// link stays a link), and a dangling one is refused.
+fn resolve_output(path: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
+            .map_err(|e| Error::io(path, "follow the symbolic link of the output", e)),
+        _ => Ok(path.to_owned()),
+    }
+}
+
+/// Writes a file atomically: `write` fills a temporary file beside `path`, which replaces
+/// `path` only if `write` succeeds. The new file gets `permissions`. A `path` that exists
+/// and is not a regular file or a folder (a device, a FIFO) is written directly.
 pub fn write_atomic<T>(
     path: &Path,
     permissions: Option<std::fs::Permissions>,
     write: impl FnOnce(&mut dyn Write) -> Result<T>,
 ) -> Result<T> {
-    let dir = match path.parent() {
+    let target = resolve_output(path)?;
+    match std::fs::metadata(&target) {
+        Ok(m) if m.is_dir() => {
+            return Err(Error::NotAFile {
+                path: path.to_owned(),
+            });
+        }
+        Ok(m) if !m.is_file() => return write_direct(path, &target, write),
+        _ => {}
+    }
+    let dir = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    if path.is_dir() {
-        return Err(Error::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tflq-")
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(path, "create the output in its folder", e))?;
-    let value = write(&mut Stoppable(tmp.as_file_mut()))?;
+    let mut tmp =
+        Temp::create(&dir).map_err(|e| Error::io(path, "create the output in its folder", e))?;
+    let value = write(&mut Stoppable(tmp.file()))?;
     if let Some(p) = permissions {
-        tmp.as_file()
+        tmp.file()
             .set_permissions(p)
             .map_err(|e| Error::io(path, "set permissions of", e))?;
     }
-    tmp.persist(path)
-        .map_err(|e| Error::io(path, "move the output into place", e.error))?;
+    // On disk before it gets the name, so a crash cannot leave a named but empty file.
+    tmp.file()
+        .sync_all()
+        .map_err(|e| Error::io(path, "write", e))?;
+    tmp.persist(&dir, &target)
+        .map_err(|e| Error::io(path, "move the output into place", e))?;
     Ok(value)
+}
+
+/// Writes to an existing device or FIFO, which cannot be replaced (renaming a file over
+/// `/dev/full` would replace the device).
+fn write_direct<T>(
+    path: &Path,
+    target: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<T>,
+) -> Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking open: a FIFO nobody reads fails at once (ENXIO) instead of hanging.
+    // Writes are then blocking again, as a reader expects.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(target)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::NXIO.raw_os_error() => {
+                Error::io(path, "open the output, a FIFO that nothing reads", e)
+            }
+            _ => Error::io(path, "open the output", e),
+        })?;
+    let flags =
+        rustix::fs::fcntl_getfl(&file).map_err(|e| Error::io(path, "open the output", e.into()))?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| Error::io(path, "open the output", e.into()))?;
+    let mut out = Stoppable(file);
+    let value = write(&mut out)?;
+    out.flush().map_err(|e| Error::io(path, "write", e))?;
+    Ok(value)
+}
+
+/// A temporary output file: unnamed until it is complete where the system allows.
+enum Temp {
+    /// `O_TMPFILE`: has no name, so it disappears with the process whatever happens.
+    #[cfg(target_os = "linux")]
+    Unnamed(File),
+    /// A named `.tflq-*.partial` file beside the target, removed when dropped.
+    Named(tempfile::NamedTempFile),
+}
+
+impl Temp {
+    fn create(dir: &Path) -> std::io::Result<Temp> {
+        #[allow(unused_mut)]
+        let mut unnamed_error = None;
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{Mode, OFlags};
+            let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+            match rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::from_raw_mode(0o600)) {
+                Ok(fd) if Path::new("/proc/self/fd").is_dir() => {
+                    return Ok(Temp::Unnamed(File::from(fd)));
+                }
+                Ok(_) => {}
+                // File systems without O_TMPFILE say so in several ways (EOPNOTSUPP,
+                // EISDIR, EINVAL); a named file is tried before giving up.
+                Err(e) => unnamed_error = Some(std::io::Error::from(e)),
+            }
+        }
+        tempfile::Builder::new()
+            .prefix(".tflq-")
+            .suffix(".partial")
+            .tempfile_in(dir)
+            .map(Temp::Named)
+            // Both failed: the first error is the plainer (no temporary name in it).
+            .map_err(|e| unnamed_error.unwrap_or(e))
+    }
+
+    fn file(&mut self) -> &mut File {
+        match self {
+            #[cfg(target_os = "linux")]
+            Temp::Unnamed(f) => f,
+            Temp::Named(t) => t.as_file_mut(),
+        }
+    }
+
+    /// Gives the complete file the name `target` (replacing what was there).
+    fn persist(self, dir: &Path, target: &Path) -> std::io::Result<()> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Temp::Unnamed(mut f) => {
+                // Link under a fresh temporary name, then rename over the target: a link
+                // cannot replace an existing file.
+                use std::os::fd::AsRawFd;
+                let from = format!("/proc/self/fd/{}", f.as_raw_fd());
+                for attempt in 0..16u32 {
+                    let name = dir.join(format!(
+                        ".tflq-{}-{}-{attempt}.partial",
+                        std::process::id(),
+                        fresh()
+                    ));
+                    match rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        from.as_str(),
+                        rustix::fs::CWD,
+                        &name,
+                        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                    ) {
+                        Ok(()) => {
+                            return std::fs::rename(&name, target).inspect_err(|_| {
+                                let _ = std::fs::remove_file(&name);
+                            });
+                        }
+                        Err(rustix::io::Errno::EXIST) => continue,
+                        Err(_) => break,
+                    }
+                }
+                // Linking failed (no /proc?): copy into a named temporary file instead.
+                use std::io::{Seek, SeekFrom};
+                let mut named = tempfile::Builder::new()
+                    .prefix(".tflq-")
+                    .suffix(".partial")
+                    .tempfile_in(dir)?;
+                f.seek(SeekFrom::Start(0))?;
+                std::io::copy(&mut f, named.as_file_mut())?;
+                named
+                    .as_file()
+                    .set_permissions(f.metadata()?.permissions())?;
+                named.as_file().sync_all()?;
+                named.persist(target).map(|_| ()).map_err(|e| e.error)
+            }
+            Temp::Named(t) => t.persist(target).map(|_| ()).map_err(|e| e.error),
+        }
+    }
+}
+
+/// A number not returned before by this process.
+fn fresh() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Quantizes the model at `input` into `output`.
@@ -143,11 +381,14 @@ pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<
     }
     let permissions = std::fs::metadata(input).ok().map(|m| m.permissions());
     let mut summary = write_atomic(output, permissions, |w| {
-        crate::quantize_to(&data, &opts.quant, w).map_err(|e| match e {
+        let summary = crate::quantize_to(&data, &opts.quant, w).map_err(|e| match e {
             Error::Invalid(source) => Error::model(input, source),
             Error::Write(source) => Error::io(output, "write", source),
             other => other,
-        })
+        })?;
+        // Before the output gets its name: not from an input that changed meanwhile.
+        data.check_unchanged()?;
+        Ok(summary)
     })?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
@@ -157,5 +398,105 @@ pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<
 pub fn with_model<T>(path: &Path, f: impl FnOnce(&crate::Model<'_>) -> T) -> Result<T> {
     let data = map_input(path)?;
     let model = crate::Model::parse(&data).map_err(|e: ModelError| Error::model(path, e))?;
-    Ok(f(&model))
+    let value = f(&model);
+    data.check_unchanged()?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_temporary_output_has_no_name_until_it_is_complete() {
+        // A process killed while writing (SIGKILL, SIGBUS, OOM) leaves nothing behind.
+        let dir = tempfile::tempdir().unwrap();
+        let mut tmp = Temp::create(dir.path()).unwrap();
+        assert!(
+            matches!(tmp, Temp::Unnamed(_)),
+            "O_TMPFILE works on this file system"
+        );
+        tmp.file().write_all(b"half a model").unwrap();
+        assert!(names(dir.path()).is_empty());
+        drop(tmp);
+        assert!(names(dir.path()).is_empty());
+
+        let target = dir.path().join("out.tflite");
+        std::fs::write(&target, b"old").unwrap();
+        let mut tmp = Temp::create(dir.path()).unwrap();
+        tmp.file().write_all(b"new").unwrap();
+        tmp.persist(dir.path(), &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(names(dir.path()), ["out.tflite"]);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_output_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.tflite");
+        std::fs::write(&target, b"old").unwrap();
+        let r: Result<()> = write_atomic(&target, None, |w| {
+            w.write_all(b"partial").map_err(Error::Write)?;
+            Err(Error::Write(std::io::Error::other("model broke halfway")))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert_eq!(names(dir.path()), ["out.tflite"]);
+    }
+
+    #[test]
+    fn an_input_that_changes_while_it_is_read_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.tflite");
+        std::fs::write(&path, vec![7u8; 1000]).unwrap();
+        let data = map_input(&path).unwrap();
+        assert_eq!(data.len(), 1000);
+        data.check_unchanged().unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"more").unwrap();
+        let e = data.check_unchanged().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Changed {
+                    before: 1000,
+                    after: 1004,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("changed while it was being read"),
+            "{e}"
+        );
+        // What was read stays as it was when read.
+        assert!(data.iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn small_inputs_are_read_and_large_ones_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"0123456789").unwrap();
+        assert!(matches!(map_input(&small).unwrap().data, Data::Read(_)));
+        let large = dir.path().join("large");
+        let f = File::create(&large).unwrap();
+        f.set_len(READ_LIMIT + 1).unwrap(); // Sparse: no disk space used.
+        let m = map_input(&large).unwrap();
+        assert!(matches!(m.data, Data::Map(_)));
+        assert_eq!(m.len() as u64, READ_LIMIT + 1);
+    }
 }

@@ -173,14 +173,46 @@ impl std::fmt::Debug for Model<'_> {
 /// Smallest file that can hold a root offset and an identifier.
 const MIN_LEN: usize = 8;
 
+/// Limits that bound the verifier's work, and everything done after it, by the file size.
+///
+/// Offsets may point many times at one table or vector (a DAG instead of a tree), so a small
+/// file can make a reader that follows every offset visit far more than its own size: 512
+/// subgraph entries pointing at one subgraph of 512 tensor entries pointing at one tensor
+/// is 2^18 tensors in 10 KB. The verifier counts every table it visits and every byte it
+/// checks, shared or not, and our reading and the rewrite visit no more than it does, so
+/// these two limits bound time and memory by a small multiple of the file size.
 fn verifier_options(len: usize) -> flatbuffers::VerifierOptions {
     flatbuffers::VerifierOptions {
         max_depth: 64,
-        // Large models have many tables and a large apparent size; both limits still bound
-        // the verifier's work by a small multiple of the file size.
-        max_tables: (len / 4).max(1_000_000),
-        max_apparent_size: len.saturating_mul(2).max(1 << 31),
-        ignore_missing_null_terminator: true,
+        // Each distinct table holds at least its 4-byte vtable offset, so a file without
+        // shared tables never needs more.
+        max_tables: len / 4 + 64,
+        // Real models check about their own size (1.0 to 1.4 times it for the fixtures, the
+        // excess being vtables, which tables do share); three times leaves room.
+        max_apparent_size: len.saturating_mul(3).saturating_add(1 << 20),
+        ignore_missing_null_terminator: false,
+    }
+}
+
+/// The verifier's error on one line; the limits above in words.
+fn describe(e: &flatbuffers::InvalidFlatbuffer, len: usize) -> String {
+    use flatbuffers::InvalidFlatbuffer as E;
+    match e {
+        E::TooManyTables => format!(
+            "more tables than a {len}-byte file can hold: offsets share tables, which would \
+             multiply the work of reading it"
+        ),
+        E::ApparentSizeTooLarge => format!(
+            "its offsets reach far more than its {len} bytes: shared tables or vectors would \
+             multiply the work of reading it"
+        ),
+        other => other
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 
@@ -195,7 +227,7 @@ pub fn verify(bytes: &[u8]) -> Result<fb::Model<'_>, ModelError> {
     }
     let opts = verifier_options(bytes.len());
     fb::root_as_model_with_opts(&opts, bytes).map_err(|e| ModelError::Corrupt {
-        detail: e.to_string(),
+        detail: describe(&e, bytes.len()),
     })
 }
 
@@ -228,20 +260,23 @@ impl<'a> Model<'a> {
                 version: root.version(),
             });
         }
-        let buffers = read_buffers(bytes, &root)?;
-        let opcodes: Vec<i32> = root
-            .operator_codes()
-            .map(|codes| {
-                codes
-                    .iter()
-                    .map(|c| {
-                        c.builtin_code()
-                            .0
-                            .max(i32::from(c.deprecated_builtin_code()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        check_offsets(&root)?;
+        let (buffers, zero_bytes) = read_buffers(bytes, &root)?;
+        let mut opcodes = Vec::new();
+        for (index, c) in root.operator_codes().into_iter().flatten().enumerate() {
+            // The runtime's rule: the larger of the two fields, which must name an operator.
+            let code = c
+                .builtin_code()
+                .0
+                .max(i32::from(c.deprecated_builtin_code()));
+            if fb::BuiltinOperator(code).variant_name().is_none() {
+                return Err(ModelError::UnknownOperator { index, code });
+            }
+            if code == op::CUSTOM && c.custom_code().is_none() {
+                return Err(ModelError::CustomWithoutCode { index });
+            }
+            opcodes.push(code);
+        }
         let custom_codes: Vec<Option<String>> = root
             .operator_codes()
             .map(|codes| {
@@ -257,8 +292,16 @@ impl<'a> Model<'a> {
         }
         let mut subgraphs = Vec::with_capacity(fb_subgraphs.len());
         for (si, sg) in fb_subgraphs.iter().enumerate() {
-            subgraphs.push(read_subgraph(si, &sg, &buffers, &opcodes, &custom_codes)?);
+            let model = Context {
+                buffers: &buffers,
+                zero_bytes: &zero_bytes,
+                opcodes: &opcodes,
+                custom_codes: &custom_codes,
+                file_len: bytes.len(),
+            };
+            subgraphs.push(read_subgraph(si, &sg, &model)?);
         }
+        check_metadata(&root, buffers.len())?;
         check_signatures(&root, &subgraphs)?;
         check_control_flow(&root, subgraphs.len())?;
         Ok(Model {
@@ -270,8 +313,15 @@ impl<'a> Model<'a> {
         })
     }
 
-    /// The bytes of buffer `index` (empty when it has none).
+    /// The constant data of a tensor whose buffer is `index` (empty when it has none).
+    ///
+    /// Buffer 0 is the schema's empty sentinel: the runtime gives a tensor with buffer 0 no
+    /// data, whatever the buffer holds, and so does this. (The rewrite still copies buffer
+    /// 0's bytes, which a metadata entry may name.)
     pub fn buffer_data(&self, index: u32) -> &'a [u8] {
+        if index == 0 {
+            return &[];
+        }
         self.buffers
             .get(index as usize)
             .and_then(|b| self.bytes.get(b.data.clone()))
@@ -284,20 +334,34 @@ impl<'a> Model<'a> {
     }
 }
 
-fn read_buffers(bytes: &[u8], root: &fb::Model<'_>) -> Result<Vec<BufferInfo>, ModelError> {
-    let Some(fb_buffers) = root.buffers() else {
-        return Ok(Vec::new());
-    };
+/// Reads the buffer table. Also returns, per buffer, whether it holds constant data of zero
+/// bytes: a `data` vector that is present but empty, or an `offset` above 1 with `size` 0.
+/// The runtime reads both as constant data (and refuses a tensor that needs more), not as
+/// "no data" like an absent vector.
+fn read_buffers(
+    bytes: &[u8],
+    root: &fb::Model<'_>,
+) -> Result<(Vec<BufferInfo>, Vec<bool>), ModelError> {
+    let fb_buffers = root.buffers().ok_or(ModelError::NoBuffers)?;
+    let zero_bytes: Vec<bool> = fb_buffers
+        .iter()
+        .map(|b| match b.data() {
+            Some(d) => d.is_empty(),
+            None => b.offset() > 1 && b.size() == 0,
+        })
+        .collect();
     let base = bytes.as_ptr() as usize;
     let mut buffers = Vec::with_capacity(fb_buffers.len());
     let mut external: Vec<(usize, usize, usize)> = Vec::new();
     for (i, b) in fb_buffers.iter().enumerate() {
-        let inline = b.data().map(|d| d.bytes()).filter(|d| !d.is_empty());
+        let inline = b.data().map(|d| d.bytes());
         // The converter writes offset 1 as a placeholder; only offsets above 1 point at data.
+        // The runtime reads a present `data` vector even when it is empty and ignores the
+        // offset then; a file with both is refused rather than read one way or the other.
         let has_offset = b.offset() > 1;
         let info = match (inline, has_offset) {
             (Some(_), true) => return Err(ModelError::AmbiguousBuffer { buffer: i }),
-            (Some(d), false) => {
+            (Some(d), false) if !d.is_empty() => {
                 let start = d.as_ptr() as usize - base;
                 BufferInfo {
                     data: start..start + d.len(),
@@ -325,7 +389,7 @@ fn read_buffers(bytes: &[u8], root: &fb::Model<'_>) -> Result<Vec<BufferInfo>, M
                     external: true,
                 }
             }
-            (None, false) => BufferInfo {
+            (_, false) => BufferInfo {
                 data: 0..0,
                 external: false,
             },
@@ -341,18 +405,27 @@ fn read_buffers(bytes: &[u8], root: &fb::Model<'_>) -> Result<Vec<BufferInfo>, M
             });
         }
     }
-    Ok(buffers)
+    Ok((buffers, zero_bytes))
+}
+
+/// What [`read_subgraph`] needs to know about the rest of the model.
+struct Context<'m> {
+    buffers: &'m [BufferInfo],
+    zero_bytes: &'m [bool],
+    opcodes: &'m [i32],
+    custom_codes: &'m [Option<String>],
+    file_len: usize,
 }
 
 fn read_subgraph(
     si: usize,
     sg: &fb::SubGraph<'_>,
-    buffers: &[BufferInfo],
-    opcodes: &[i32],
-    custom_codes: &[Option<String>],
+    model: &Context<'_>,
 ) -> Result<SubgraphInfo, ModelError> {
+    let buffers = model.buffers;
+    let fb_tensors = sg.tensors().ok_or(ModelError::NoTensors { subgraph: si })?;
     let mut tensors = Vec::new();
-    for (ti, t) in sg.tensors().into_iter().flatten().enumerate() {
+    for (ti, t) in fb_tensors.iter().enumerate() {
         let name = t.name().unwrap_or_default().to_owned();
         let shape: Vec<i32> = t.shape().map(|s| s.iter().collect()).unwrap_or_default();
         let buffer = t.buffer();
@@ -365,60 +438,70 @@ fn read_subgraph(
                 count: buffers.len(),
             });
         };
-        let has_data = !binfo.data.is_empty();
-        let mut elements: u64 = 1;
-        for &d in &shape {
-            if d < 0 {
-                // Unknown dimensions belong in shape_signature; a constant needs real ones.
-                if has_data {
-                    return Err(ModelError::BadShape {
-                        subgraph: si,
-                        tensor: ti,
-                        name,
-                        shape,
-                    });
-                }
-                elements = 0;
-                break;
-            }
-            elements = match elements.checked_mul(d as u64) {
-                Some(e) => e,
-                None => {
-                    return Err(ModelError::ShapeOverflow {
-                        subgraph: si,
-                        tensor: ti,
-                        name,
-                        shape,
-                    });
-                }
-            };
-        }
+        // Buffer 0 is the sentinel: never constant data (see `Model::buffer_data`).
+        let has_data = buffer != 0
+            && (!binfo.data.is_empty()
+                || model
+                    .zero_bytes
+                    .get(buffer as usize)
+                    .copied()
+                    .unwrap_or(false));
         let dtype = DType(t.type_().0);
+        if fb::TensorType(dtype.0).variant_name().is_none() {
+            return Err(ModelError::UnknownType {
+                subgraph: si,
+                tensor: ti,
+                name,
+                dtype: dtype.0,
+            });
+        }
+        // The runtime sizes every tensor from its shape (negative dimensions included, as
+        // huge unsigned numbers) and refuses it when the count or the byte size overflows;
+        // unknown dimensions belong in shape_signature.
+        if shape.iter().any(|&d| d < 0) {
+            return Err(ModelError::BadShape {
+                subgraph: si,
+                tensor: ti,
+                name,
+                shape,
+            });
+        }
+        let bytes = shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .and_then(|n| Some((n, n.checked_mul(dtype.size().unwrap_or(1))?)));
+        let Some((elements, size_in_bytes)) = bytes else {
+            return Err(ModelError::ShapeOverflow {
+                subgraph: si,
+                tensor: ti,
+                name,
+                shape,
+            });
+        };
+        if t.is_variable() && has_data {
+            return Err(ModelError::VariableWithData {
+                subgraph: si,
+                tensor: ti,
+                name,
+                buffer,
+            });
+        }
+        check_quantization(si, ti, &name, &t, &shape)?;
         let sparse = t.sparsity().is_some();
-        if has_data && !sparse {
-            if let Some(size) = dtype.size() {
-                let Some(expected) = elements.checked_mul(size) else {
-                    return Err(ModelError::ShapeOverflow {
-                        subgraph: si,
-                        tensor: ti,
-                        name,
-                        shape,
-                    });
-                };
-                let got = binfo.data.len() as u64;
-                if expected != got {
-                    return Err(ModelError::BufferSize {
-                        subgraph: si,
-                        tensor: ti,
-                        name,
-                        buffer,
-                        shape,
-                        dtype: dtype.name(),
-                        expected,
-                        got,
-                    });
-                }
-            }
+        // Strings and other types without a fixed element size are not checked; sparse data
+        // is smaller than its dense shape.
+        let got = binfo.data.len() as u64;
+        if has_data && !sparse && dtype.size().is_some() && size_in_bytes != got {
+            return Err(ModelError::BufferSize {
+                subgraph: si,
+                tensor: ti,
+                name,
+                buffer,
+                shape,
+                dtype: dtype.name(),
+                expected: size_in_bytes,
+                got,
+            });
         }
         let quantized = t.quantization().is_some_and(|q| {
             q.scale().is_some_and(|s| !s.is_empty())
@@ -440,12 +523,12 @@ fn read_subgraph(
     let mut ops = Vec::new();
     for (oi, o) in sg.operators().into_iter().flatten().enumerate() {
         let idx = o.opcode_index();
-        let Some(&code) = opcodes.get(idx as usize) else {
+        let Some(&code) = model.opcodes.get(idx as usize) else {
             return Err(ModelError::OpcodeIndex {
                 subgraph: si,
                 op: oi,
                 index: idx,
-                count: opcodes.len(),
+                count: model.opcodes.len(),
             });
         };
         let inputs: Vec<i32> = o.inputs().map(|v| v.iter().collect()).unwrap_or_default();
@@ -477,7 +560,15 @@ fn read_subgraph(
                 true,
             )?;
         }
-        let custom = custom_codes.get(idx as usize).cloned().flatten();
+        if let Some(&tensor) = outputs.iter().find(|&&t| t >= 0 && inputs.contains(&t)) {
+            return Err(ModelError::InputIsOutput {
+                subgraph: si,
+                op: oi,
+                tensor,
+            });
+        }
+        check_custom_options(si, oi, &o, model.file_len)?;
+        let custom = model.custom_codes.get(idx as usize).cloned().flatten();
         ops.push(OpInfo {
             code,
             custom,
@@ -514,8 +605,260 @@ fn read_subgraph(
     })
 }
 
+/// The runtime's rules for quantization parameters: as many zero points as scales, a
+/// quantized dimension inside the shape, and one scale or one per slice of that dimension.
+fn check_quantization(
+    subgraph: usize,
+    tensor: usize,
+    name: &str,
+    t: &fb::Tensor<'_>,
+    shape: &[i32],
+) -> Result<(), ModelError> {
+    let Some(q) = t.quantization() else {
+        return Ok(());
+    };
+    let scales = q.scale().map_or(0, |s| s.len());
+    if scales == 0 {
+        return Ok(()); // Not quantized, whatever else the table holds.
+    }
+    let bad = |what: String| {
+        Err(ModelError::BadQuantization {
+            subgraph,
+            tensor,
+            name: name.to_owned(),
+            what,
+        })
+    };
+    let Some(zero_points) = q.zero_point().map(|z| z.len()) else {
+        return bad(format!("{scales} scales but no zero points"));
+    };
+    if zero_points != scales {
+        return bad(format!("{scales} scales but {zero_points} zero points"));
+    }
+    let dim = q.quantized_dimension();
+    if dim < 0 || (!shape.is_empty() && dim as usize >= shape.len()) {
+        return bad(format!(
+            "quantized dimension {dim} outside the {} dimensions of the shape",
+            shape.len()
+        ));
+    }
+    if let Some(&size) = shape.get(dim as usize) {
+        if scales != 1 && scales as u64 != size as u64 {
+            return bad(format!(
+                "{scales} scales: neither one (per tensor) nor {size} (per slice of dimension {dim})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses offsets of zero in the tables the reader follows. A zero offset points at itself:
+/// the runtime's (C++) verifier refuses it and no writer produces one, but this crate's
+/// verifier reads an empty vector, string or table there, so a damaged file would be read as
+/// a different, valid model instead of being refused.
+fn check_offsets(root: &fb::Model<'_>) -> Result<(), ModelError> {
+    use flatbuffers::{ForwardsUOffset, Table, VOffsetT, Vector};
+    fn fields(
+        t: &Table<'_>,
+        which: &[VOffsetT],
+        what: &dyn Fn() -> String,
+    ) -> Result<(), ModelError> {
+        for &f in which {
+            let at = t.vtable().get(f);
+            if at == 0 {
+                continue;
+            }
+            let pos = t.loc() + usize::from(at);
+            if t.buf().get(pos..pos + 4) == Some(&[0, 0, 0, 0][..]) {
+                return Err(ModelError::Corrupt {
+                    detail: format!("{}: an offset at position {pos} points at itself", what()),
+                });
+            }
+        }
+        Ok(())
+    }
+    fn elements<T>(
+        v: Option<Vector<'_, ForwardsUOffset<T>>>,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), ModelError> {
+        let Some(v) = v else { return Ok(()) };
+        if v.bytes().chunks_exact(4).any(|c| c == [0, 0, 0, 0]) {
+            return Err(ModelError::Corrupt {
+                detail: format!("{}: an element points at itself", what()),
+            });
+        }
+        Ok(())
+    }
+    use fb::{Model as M, Operator as O, SubGraph as S, Tensor as T};
+    let name = || "the model table".to_owned();
+    fields(
+        &root._tab,
+        &[
+            M::VT_OPERATOR_CODES,
+            M::VT_SUBGRAPHS,
+            M::VT_DESCRIPTION,
+            M::VT_BUFFERS,
+            M::VT_METADATA_BUFFER,
+            M::VT_METADATA,
+            M::VT_SIGNATURE_DEFS,
+        ],
+        &name,
+    )?;
+    elements(root.operator_codes(), &|| "operator codes".to_owned())?;
+    for (i, c) in root.operator_codes().into_iter().flatten().enumerate() {
+        fields(&c._tab, &[fb::OperatorCode::VT_CUSTOM_CODE], &|| {
+            format!("operator code {i}")
+        })?;
+    }
+    elements(root.buffers(), &|| "buffers".to_owned())?;
+    for (i, b) in root.buffers().into_iter().flatten().enumerate() {
+        fields(&b._tab, &[fb::Buffer::VT_DATA], &|| format!("buffer {i}"))?;
+    }
+    elements(root.metadata(), &|| "metadata".to_owned())?;
+    for (i, m) in root.metadata().into_iter().flatten().enumerate() {
+        fields(&m._tab, &[fb::Metadata::VT_NAME], &|| {
+            format!("metadata {i}")
+        })?;
+    }
+    elements(root.signature_defs(), &|| "signatures".to_owned())?;
+    for (i, sig) in root.signature_defs().into_iter().flatten().enumerate() {
+        use fb::SignatureDef as D;
+        let what = || format!("signature {i}");
+        fields(
+            &sig._tab,
+            &[D::VT_INPUTS, D::VT_OUTPUTS, D::VT_SIGNATURE_KEY],
+            &what,
+        )?;
+        elements(sig.inputs(), &what)?;
+        elements(sig.outputs(), &what)?;
+        for m in sig
+            .inputs()
+            .into_iter()
+            .flatten()
+            .chain(sig.outputs().into_iter().flatten())
+        {
+            fields(&m._tab, &[fb::TensorMap::VT_NAME], &what)?;
+        }
+    }
+    elements(root.subgraphs(), &|| "subgraphs".to_owned())?;
+    for (si, sg) in root.subgraphs().into_iter().flatten().enumerate() {
+        let what = || format!("subgraph {si}");
+        fields(
+            &sg._tab,
+            &[
+                S::VT_TENSORS,
+                S::VT_INPUTS,
+                S::VT_OUTPUTS,
+                S::VT_OPERATORS,
+                S::VT_NAME,
+            ],
+            &what,
+        )?;
+        elements(sg.tensors(), &what)?;
+        elements(sg.operators(), &what)?;
+        for (ti, t) in sg.tensors().into_iter().flatten().enumerate() {
+            let what = || format!("subgraph {si} tensor {ti}");
+            fields(
+                &t._tab,
+                &[
+                    T::VT_SHAPE,
+                    T::VT_NAME,
+                    T::VT_QUANTIZATION,
+                    T::VT_SPARSITY,
+                    T::VT_SHAPE_SIGNATURE,
+                    T::VT_VARIANT_TENSORS,
+                ],
+                &what,
+            )?;
+            if let Some(q) = t.quantization() {
+                use fb::QuantizationParameters as Q;
+                fields(
+                    &q._tab,
+                    &[
+                        Q::VT_MIN,
+                        Q::VT_MAX,
+                        Q::VT_SCALE,
+                        Q::VT_ZERO_POINT,
+                        Q::VT_DETAILS,
+                    ],
+                    &what,
+                )?;
+            }
+        }
+        for (oi, o) in sg.operators().into_iter().flatten().enumerate() {
+            fields(
+                &o._tab,
+                &[
+                    O::VT_INPUTS,
+                    O::VT_OUTPUTS,
+                    O::VT_BUILTIN_OPTIONS,
+                    O::VT_CUSTOM_OPTIONS,
+                    O::VT_MUTATING_VARIABLE_INPUTS,
+                    O::VT_INTERMEDIATES,
+                    O::VT_BUILTIN_OPTIONS_2,
+                ],
+                &|| format!("subgraph {si} operator {oi}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Custom options stored after the flatbuffer (`large_custom_options_offset`/`size`) must lie
+/// inside the file: the rewrite copies them back inline.
+fn check_custom_options(
+    subgraph: usize,
+    op: usize,
+    o: &fb::Operator<'_>,
+    file_len: usize,
+) -> Result<(), ModelError> {
+    let (offset, size) = (
+        o.large_custom_options_offset(),
+        o.large_custom_options_size(),
+    );
+    if size == 0 {
+        return Ok(());
+    }
+    match offset.checked_add(size) {
+        Some(end) if end <= file_len as u64 => Ok(()),
+        _ => Err(ModelError::CustomOptionsOutOfFile {
+            subgraph,
+            op,
+            offset,
+            size,
+            file_len,
+        }),
+    }
+}
+
+/// Metadata entries name buffers by index; the rewrite keeps them, so they must exist.
+fn check_metadata(root: &fb::Model<'_>, count: usize) -> Result<(), ModelError> {
+    for (k, m) in root.metadata().into_iter().flatten().enumerate() {
+        if m.buffer() as usize >= count {
+            return Err(ModelError::MetadataBuffer {
+                place: format!("metadata {k} ({:?})", m.name().unwrap_or_default()),
+                buffer: i64::from(m.buffer()),
+                count,
+            });
+        }
+    }
+    for (k, b) in root.metadata_buffer().into_iter().flatten().enumerate() {
+        if b < 0 || b as usize >= count {
+            return Err(ModelError::MetadataBuffer {
+                place: format!("metadata_buffer entry {k}"),
+                buffer: i64::from(b),
+                count,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_signatures(root: &fb::Model<'_>, subgraphs: &[SubgraphInfo]) -> Result<(), ModelError> {
     for (k, sig) in root.signature_defs().into_iter().flatten().enumerate() {
+        if sig.signature_key().is_none() {
+            return Err(ModelError::SignatureKey { signature: k });
+        }
         let si = sig.subgraph_index() as usize;
         let Some(sg) = subgraphs.get(si) else {
             return Err(ModelError::SubgraphIndex {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::model::Model;
 use crate::plan::{Plan, SkipReason};
 use crate::quant::Encoding;
+use crate::report::format::human;
 use crate::rewrite::{Layout, Written};
 
 /// One quantized tensor.
@@ -228,21 +229,6 @@ impl Summary {
                 .unwrap_or(f64::INFINITY)
                 .total_cmp(&b.sqnr_db.unwrap_or(f64::INFINITY))
         })
-    }
-}
-
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

@@ -31,7 +31,8 @@ pub use discover::{DiscoverOptions, Discovery, Found, Kind, Problem, Shard, Shar
 
 use crate::error::Error;
 use crate::files::{FileOptions, quantize_file, same_file, stop_requested, write_atomic};
-use crate::summary::{Summary, human, ratio};
+use crate::report::format::human;
+use crate::summary::{Summary, ratio};
 
 /// Options of a batch.
 #[derive(Debug, Clone, Default)]

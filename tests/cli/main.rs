@@ -4,10 +4,17 @@
 //! written (a test copies a fixture first when it needs to change it).
 
 mod batch;
+mod hostile;
 mod inspect;
 mod modes;
 mod quantize;
 mod report;
+
+// Shared with the in-process mutation tests (`tests/mutate`): the named attacks and the PRNG.
+#[path = "../mutate/attacks.rs"]
+mod attacks;
+#[path = "../mutate/rng.rs"]
+mod rng;
 
 use std::path::{Path, PathBuf};
 
