@@ -54,15 +54,20 @@ fn mutations_long_run() {
     finish(&report);
 }
 
-/// Reruns one case of a run, to debug a failure: `TFLQ_MUTATION_CASE=i`.
+/// Reruns one case, to debug a failure: `TFLQ_MUTATION_CASE=i` (of run
+/// `TFLQ_MUTATION_SEED`), or `TFLQ_MUTATION_FILE=path` (a saved case: the stream of cases
+/// changes when the seed models do).
 #[test]
 fn mutation_case_from_env() {
-    let Ok(i) = std::env::var("TFLQ_MUTATION_CASE") else {
+    let (what, bytes) = if let Ok(path) = std::env::var("TFLQ_MUTATION_FILE") {
+        (path.clone(), std::fs::read(&path).unwrap())
+    } else if let Ok(i) = std::env::var("TFLQ_MUTATION_CASE") {
+        let seed = env_u64("TFLQ_MUTATION_SEED", 1);
+        harness::case(seed, i.parse().unwrap())
+    } else {
         return;
     };
-    let seed = env_u64("TFLQ_MUTATION_SEED", 1);
-    let (what, bytes) = harness::case(seed, i.parse().unwrap());
-    eprintln!("case {i}: {what} ({} bytes)", bytes.len());
+    eprintln!("case {what} ({} bytes)", bytes.len());
     let mut tally = harness::Tally::default();
     if let Err(e) = harness::check(&bytes, &mut tally) {
         panic!("{e}");
