@@ -107,8 +107,9 @@ fn every_seed_is_accepted() {
     }
 }
 
-/// Writes the cases the library accepts, with their quantized outputs, for checks outside
-/// Rust (the LiteRT runtime): `TFLQ_MUTATION_DUMP=dir`, `TFLQ_MUTATIONS` cases looked at.
+/// Writes the cases the library accepts, with their quantized outputs (default options, and
+/// dynamic per-channel), for checks outside Rust (the LiteRT runtime):
+/// `TFLQ_MUTATION_DUMP=dir`, `TFLQ_MUTATIONS` cases looked at.
 #[test]
 #[ignore = "a tool: TFLQ_MUTATION_DUMP=dir writes accepted cases and their outputs"]
 fn dump_accepted_cases() {
@@ -117,14 +118,22 @@ fn dump_accepted_cases() {
     );
     std::fs::create_dir_all(&dir).unwrap();
     let seed = env_u64("TFLQ_MUTATION_SEED", 1);
+    let dynamic = tflq::Options {
+        mode: tflq::plan::Mode::Dynamic,
+        granularity: tflq::plan::Granularity::PerChannel,
+        ..tflq::Options::default()
+    };
     let mut index = String::new();
     for i in 0..env_u64("TFLQ_MUTATIONS", 2000) {
         let (what, bytes) = harness::case(seed, i);
-        if let Ok(out) = tflq::quantize(&bytes, &tflq::Options::default()) {
-            std::fs::write(dir.join(format!("{i}.in.tflite")), &bytes).unwrap();
-            std::fs::write(dir.join(format!("{i}.out.tflite")), &out.bytes).unwrap();
-            index.push_str(&format!("{i}\t{}\t{what}\n", out.summary.changed));
-        }
+        let Ok(out) = tflq::quantize(&bytes, &tflq::Options::default()) else {
+            continue;
+        };
+        std::fs::write(dir.join(format!("{i}.in.tflite")), &bytes).unwrap();
+        std::fs::write(dir.join(format!("{i}.out.tflite")), &out.bytes).unwrap();
+        let dynamic = tflq::quantize(&bytes, &dynamic).expect("accepted like the default");
+        std::fs::write(dir.join(format!("{i}.dyn.tflite")), &dynamic.bytes).unwrap();
+        index.push_str(&format!("{i}\t{}\t{what}\n", out.summary.changed));
     }
     std::fs::write(dir.join("index.tsv"), index).unwrap();
 }
