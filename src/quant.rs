@@ -56,36 +56,55 @@ impl Range {
 
 const LANES: usize = 16;
 
-/// Scans `values` once for min, max and non-finite values. A tight loop over lanes so that
-/// it compiles to packed min/max instructions; NaN and infinities are counted by their bits
-/// and never enter min/max.
+/// Scans `values` once for min, max and non-finite values.
+///
+/// The pass is a tight loop over lanes that compiles to packed min/max instructions: a NaN
+/// compares false and so never becomes a bound, and is only flagged. Only when a NaN or an
+/// infinity shows up is the slice scanned again, by [`scan_range_exact`], to count them and
+/// keep them out of the range: the common, all-finite case reads the data once.
 pub fn scan_range(values: &[f32]) -> Range {
     let mut mins = [f32::INFINITY; LANES];
     let mut maxs = [f32::NEG_INFINITY; LANES];
-    let mut bad = [0u32; LANES];
+    let mut nan = [0u32; LANES];
     let chunks = values.chunks_exact(LANES);
     let rest = chunks.remainder();
     for chunk in chunks {
         for i in 0..LANES {
             let x = chunk[i];
-            let finite = (x.to_bits() & 0x7fff_ffff) < 0x7f80_0000;
-            bad[i] += u32::from(!finite);
-            // Non-finite values are replaced by a value that changes neither bound.
-            let y = if finite { x } else { mins[i] };
-            let z = if finite { x } else { maxs[i] };
-            mins[i] = if y < mins[i] { y } else { mins[i] };
-            maxs[i] = if z > maxs[i] { z } else { maxs[i] };
+            mins[i] = if x < mins[i] { x } else { mins[i] };
+            maxs[i] = if x > maxs[i] { x } else { maxs[i] };
+            nan[i] |= u32::from(x.is_nan());
         }
     }
-    let mut range = Range::EMPTY;
+    let mut min = f32::INFINITY;
+    let mut max = f32::NEG_INFINITY;
+    let mut any_nan = false;
     for i in 0..LANES {
-        range = range.merge(Range {
-            min: mins[i],
-            max: maxs[i],
-            non_finite: u64::from(bad[i]),
-        });
+        min = min.min(mins[i]);
+        max = max.max(maxs[i]);
+        any_nan |= nan[i] != 0;
     }
     for &x in rest {
+        min = if x < min { x } else { min };
+        max = if x > max { x } else { max };
+        any_nan |= x.is_nan();
+    }
+    if any_nan || min.is_infinite() || max.is_infinite() {
+        // Also when the slice is empty: the exact scan then returns the empty range.
+        return scan_range_exact(values);
+    }
+    Range {
+        min,
+        max,
+        non_finite: 0,
+    }
+}
+
+/// [`scan_range`] for slices with non-finite values: counts them by their bits and keeps
+/// them out of min/max.
+fn scan_range_exact(values: &[f32]) -> Range {
+    let mut range = Range::EMPTY;
+    for &x in values {
         if x.is_finite() {
             range.min = range.min.min(x);
             range.max = range.max.max(x);
@@ -174,27 +193,58 @@ pub fn symmetric_params(min: f32, max: f32) -> QuantParams {
 
 /// Rounds half away from zero, exactly like `f32::round`, for |v| < 2^22.
 ///
-/// `f32::round` calls into libm and blocks vectorisation. Adding the largest float below 0.5
-/// (with the sign of `v`) and truncating gives the same result: for a fraction of exactly .5
-/// the sum rounds up to the next integer, and for anything below .5 it stays below it.
+/// `f32::round` calls into libm, and a float-to-int `as` cast saturates (and maps NaN to 0),
+/// which SSE2 cannot do for four lanes at once: both keep the loop scalar. Instead, on |v|:
+/// adding 1.5 * 2^23 rounds to the nearest integer, ties to even, and leaves that integer in
+/// the low bits of the sum (every step is exact); a tie (`|v| - rounded` is exactly 0.5)
+/// went down to even and moves up one; the sign of `v` is then put back.
 #[inline(always)]
 fn round_half_away(v: f32) -> i32 {
-    const JUST_BELOW_HALF: f32 = 0.499_999_97;
-    (v + JUST_BELOW_HALF.copysign(v)) as i32
+    const MAGIC: f32 = 12_582_912.0;
+    let a = v.abs();
+    let w = a + MAGIC;
+    let rounded = w - MAGIC;
+    let k = w.to_bits() as i32 - MAGIC.to_bits() as i32 + i32::from(a - rounded == 0.5);
+    // All ones for a negative `v`, else zero: (k ^ s) - s is then -k or k.
+    let s = (v.to_bits() as i32) >> 31;
+    (k ^ s) - s
 }
 
 /// Quantizes `values` into `out` (same length) with `p`. Non-finite inputs must have been
-/// ruled out by the caller; a NaN would come out as `zero_point`.
+/// ruled out by the caller; a NaN would come out as -128.
 pub fn quantize_into(values: &[f32], p: QuantParams, out: &mut [i8]) {
     debug_assert_eq!(values.len(), out.len());
-    // Clamping before rounding is the same as after, since both bounds are integers.
-    let lo = (p.qmin - p.zero_point) as f32;
-    let hi = (127 - p.zero_point) as f32;
-    let scale = p.scale;
-    let zp = p.zero_point;
+    let step = Stepper::new(p);
     for (o, &x) in out.iter_mut().zip(values) {
-        let v = (x / scale).clamp(lo, hi);
-        *o = (round_half_away(v) + zp) as i8;
+        *o = (step.step(x) + p.zero_point) as i8;
+    }
+}
+
+/// `x` to its rounded, clamped step `round(x / scale)` (the code less the zero point).
+#[derive(Clone, Copy)]
+struct Stepper {
+    scale: f32,
+    lo: f32,
+    hi: f32,
+}
+
+impl Stepper {
+    fn new(p: QuantParams) -> Stepper {
+        Stepper {
+            scale: p.scale,
+            lo: (p.qmin - p.zero_point) as f32,
+            hi: (127 - p.zero_point) as f32,
+        }
+    }
+
+    #[inline(always)]
+    fn step(self, x: f32) -> i32 {
+        // Clamping before rounding is the same as after, since both bounds are integers.
+        // The compare-and-select form is one packed max or min each (and sends NaN to `lo`).
+        let v = x / self.scale;
+        let v = if v > self.lo { v } else { self.lo };
+        let v = if v < self.hi { v } else { self.hi };
+        round_half_away(v)
     }
 }
 
@@ -272,28 +322,126 @@ impl ErrorStats {
 
 /// Measures the error of `codes` (quantized with `p`) against `values`.
 pub fn error_stats(values: &[f32], codes: &[i8], p: QuantParams) -> ErrorStats {
-    // f32 partial sums over short runs keep the loop vectorisable; f64 across runs keeps
-    // the total accurate for tensors of billions of elements.
+    let mut recon = [0f32; RUN];
     let mut total = ErrorStats::default();
-    for (xs, qs) in values.chunks(1024).zip(codes.chunks(1024)) {
-        let (mut s, mut n, mut m, mut d, mut r) = (0f32, 0f32, 0f32, 0f32, 0f32);
-        for (&x, &q) in xs.iter().zip(qs) {
-            let y = dequantize(q, p);
+    for (xs, qs) in values.chunks(RUN).zip(codes.chunks(RUN)) {
+        let n = xs.len().min(qs.len());
+        total = total.merge(run_stats(xs, qs, p, &mut recon[..n]));
+    }
+    total
+}
+
+/// Elements summed in f32 before the partial sums go into the f64 totals.
+const RUN: usize = 1024;
+
+/// Lanes of the error accumulators.
+const L: usize = 8;
+
+/// The error statistics of one run of at most [`RUN`] elements.
+///
+/// In two simple loops rather than one, because each then vectorises: the reconstructions
+/// (widening bytes to floats), then the sums in lanes ([`lane_sums`]). The run stays in L1
+/// cache between the two.
+#[inline(always)]
+fn run_stats(xs: &[f32], qs: &[i8], p: QuantParams, ys: &mut [f32]) -> ErrorStats {
+    for (y, &q) in ys.iter_mut().zip(qs) {
+        *y = dequantize(q, p);
+    }
+    sums(xs, ys)
+}
+
+/// The error statistics of values `xs` reconstructed as `ys`.
+#[inline(always)]
+fn sums(xs: &[f32], ys: &[f32]) -> ErrorStats {
+    let [mut s, mut n, mut m, mut d, mut r] = lane_sums(xs, ys);
+    let tail = xs.len().min(ys.len()) / L * L;
+    for (&x, &y) in xs[tail..].iter().zip(&ys[tail..]) {
+        let e = x - y;
+        s[0] += x * x;
+        n[0] += e * e;
+        m[0] = m[0].max(e.abs());
+        d[0] += x * y;
+        r[0] += y * y;
+    }
+    let sum = |a: [f32; L]| a.iter().map(|&v| f64::from(v)).sum::<f64>();
+    let stats = ErrorStats {
+        count: xs.len().min(ys.len()) as u64,
+        signal: sum(s),
+        noise: sum(n),
+        max_abs: f64::from(m.iter().fold(0f32, |a, &b| a.max(b))),
+        dot: sum(d),
+        recon: sum(r),
+    };
+    let finite = [
+        stats.signal,
+        stats.noise,
+        stats.max_abs,
+        stats.dot,
+        stats.recon,
+    ]
+    .iter()
+    .all(|v| v.is_finite());
+    if finite { stats } else { sums_f64(xs, ys) }
+}
+
+/// [`sums`] in f64, for the rare run whose squares overflow f32 (values beyond ~1.8e19).
+#[cold]
+fn sums_f64(xs: &[f32], ys: &[f32]) -> ErrorStats {
+    let mut t = ErrorStats {
+        count: xs.len().min(ys.len()) as u64,
+        ..ErrorStats::default()
+    };
+    for (&x, &y) in xs.iter().zip(ys) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        let e = x - y;
+        t.signal += x * x;
+        t.noise += e * e;
+        t.max_abs = t.max_abs.max(e.abs());
+        t.dot += x * y;
+        t.recon += y * y;
+    }
+    t
+}
+
+/// Σx², Σ(x-y)², max|x-y|, Σxy and Σy² over whole groups of [`L`] elements, each in
+/// [`L`] independent lanes: float addition is not associative, so a single running sum
+/// would be a serial chain that the compiler must keep scalar. Kept out of line: inlined
+/// into a larger loop nest, the same code was vectorised badly (lanes shuffled).
+#[inline(never)]
+fn lane_sums(xs: &[f32], ys: &[f32]) -> [[f32; L]; 5] {
+    let (mut s, mut n, mut m) = ([0f32; L], [0f32; L], [0f32; L]);
+    let (mut d, mut r) = ([0f32; L], [0f32; L]);
+    for (x8, y8) in xs.chunks_exact(L).zip(ys.chunks_exact(L)) {
+        for i in 0..L {
+            let (x, y) = (x8[i], y8[i]);
             let e = x - y;
-            s += x * x;
-            n += e * e;
-            m = m.max(e.abs());
-            d += x * y;
-            r += y * y;
+            let a = e.abs();
+            s[i] += x * x;
+            n[i] += e * e;
+            m[i] = if a > m[i] { a } else { m[i] };
+            d[i] += x * y;
+            r[i] += y * y;
         }
-        total = total.merge(ErrorStats {
-            count: xs.len() as u64,
-            signal: f64::from(s),
-            noise: f64::from(n),
-            max_abs: f64::from(m),
-            dot: f64::from(d),
-            recon: f64::from(r),
-        });
+    }
+    [s, n, m, d, r]
+}
+
+/// [`quantize_into`] and [`error_stats`], run by run, so that each run is read from memory
+/// once and measured while it is in cache. The reconstructions come from the rounded steps
+/// (`k as f32` is exact and equals `dequantize`'s `(q - zero_point) as f32`), so that the
+/// codes are not read back.
+fn quantize_measured(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStats {
+    let step = Stepper::new(p);
+    let mut recon = [0f32; RUN];
+    let mut total = ErrorStats::default();
+    for (xs, qs) in values.chunks(RUN).zip(out.chunks_mut(RUN)) {
+        let ys = &mut recon[..xs.len().min(qs.len())];
+        for ((o, y), &x) in qs.iter_mut().zip(ys.iter_mut()).zip(xs) {
+            let k = step.step(x);
+            *o = (k + p.zero_point) as i8;
+            *y = p.scale * k as f32;
+        }
+        total = total.merge(sums(xs, ys));
     }
     total
 }
@@ -304,10 +452,7 @@ pub fn quantize_par(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStat
     values
         .par_chunks(CHUNK)
         .zip(out.par_chunks_mut(CHUNK))
-        .map(|(xs, qs)| {
-            quantize_into(xs, p, qs);
-            error_stats(xs, qs, p)
-        })
+        .map(|(xs, qs)| quantize_measured(xs, p, qs))
         .reduce(ErrorStats::default, ErrorStats::merge)
 }
 
@@ -370,8 +515,7 @@ impl Encoding {
         match self {
             Encoding::PerTensor(p) => {
                 let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
-                quantize_into(values, *p, codes);
-                error_stats(values, codes, *p)
+                quantize_measured(values, *p, codes)
             }
             Encoding::PerChannel(pc) => {
                 let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
@@ -386,35 +530,33 @@ impl Encoding {
                 } else {
                     pc.runs(first, values.len(), |c, r| {
                         let p = pc.params[c];
-                        quantize_into(&values[r.clone()], p, &mut codes[r.clone()]);
-                        stats = stats.merge(error_stats(&values[r.clone()], &codes[r], p));
+                        stats =
+                            stats.merge(quantize_measured(&values[r.clone()], p, &mut codes[r]));
                     });
                 }
                 stats
             }
             Encoding::Float16 => {
+                // Run by run: clamp, convert the whole run (half's slice conversion uses the
+                // F16C instructions when the CPU has them, else the same rounding in
+                // software), convert back for the reconstruction, and measure in lanes.
+                use half::slice::HalfFloatSliceExt;
+                let mut clamped = [0f32; RUN];
+                let mut halves = [half::f16::ZERO; RUN];
+                let mut recon = [0f32; RUN];
                 let mut stats = ErrorStats::default();
-                for (xs, os) in values.chunks(1024).zip(out.chunks_mut(2048)) {
-                    let (mut s, mut n, mut m, mut d, mut r) = (0f64, 0f64, 0f64, 0f64, 0f64);
-                    for (&x, o) in xs.iter().zip(os.chunks_exact_mut(2)) {
-                        let h = half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
-                        o.copy_from_slice(&h.to_le_bytes());
-                        let (x, y) = (f64::from(x), f64::from(h.to_f32()));
-                        let e = x - y;
-                        s += x * x;
-                        n += e * e;
-                        m = m.max(e.abs());
-                        d += x * y;
-                        r += y * y;
+                for (xs, os) in values.chunks(RUN).zip(out.chunks_mut(2 * RUN)) {
+                    let n = xs.len().min(os.len() / 2);
+                    let (xs, cs) = (&xs[..n], &mut clamped[..n]);
+                    for (c, &x) in cs.iter_mut().zip(xs) {
+                        *c = x.clamp(-F16_MAX, F16_MAX);
                     }
-                    stats = stats.merge(ErrorStats {
-                        count: xs.len() as u64,
-                        signal: s,
-                        noise: n,
-                        max_abs: m,
-                        dot: d,
-                        recon: r,
-                    });
+                    halves[..n].convert_from_f32_slice(cs);
+                    halves[..n].convert_to_f32_slice(&mut recon[..n]);
+                    for (o, h) in os.chunks_exact_mut(2).zip(&halves[..n]) {
+                        o.copy_from_slice(&h.to_le_bytes());
+                    }
+                    stats = stats.merge(sums(xs, &recon[..n]));
                 }
                 stats
             }
@@ -510,9 +652,43 @@ pub fn as_f32(bytes: &[u8]) -> Option<&[f32]> {
 
 /// How often each code occurs: index `code + 128`.
 pub fn code_histogram(codes: &[i8]) -> [u64; 256] {
+    use rayon::prelude::*;
+    // `report` counts each block of codes between two parallel passes: count it in parallel
+    // too, or this serial pass takes a third of the report's time.
+    const PART: usize = 1 << 18;
+    if codes.len() <= PART {
+        return code_histogram_serial(codes);
+    }
+    codes.par_chunks(PART).map(code_histogram_serial).reduce(
+        || [0u64; 256],
+        |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+            a
+        },
+    )
+}
+
+/// [`code_histogram`] on one thread.
+fn code_histogram_serial(codes: &[i8]) -> [u64; 256] {
+    // Four tables, one per position mod 4: runs of equal codes (common: weights cluster
+    // around the zero point) would otherwise wait on each other's increment of one counter.
+    let mut tables = [[0u64; 256]; 4];
+    let quads = codes.chunks_exact(4);
+    for &q in quads.remainder() {
+        tables[0][(i16::from(q) + 128) as usize] += 1;
+    }
+    for quad in quads {
+        for (table, &q) in tables.iter_mut().zip(quad) {
+            table[(i16::from(q) + 128) as usize] += 1;
+        }
+    }
     let mut h = [0u64; 256];
-    for &q in codes {
-        h[(i16::from(q) + 128) as usize] += 1;
+    for table in &tables {
+        for (a, &b) in h.iter_mut().zip(table) {
+            *a += b;
+        }
     }
     h
 }
@@ -619,6 +795,17 @@ mod tests {
     }
 
     #[test]
+    fn fast_rounding_matches_f32_round_across_the_range() {
+        // Every 1009th float in [-300, 300] (the kernel sees at most [-255, 255]).
+        let top = 300f32.to_bits();
+        for bits in (0..=top).step_by(1009) {
+            for v in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                assert_eq!(round_half_away(v), v.round() as i32, "v = {v:e}");
+            }
+        }
+    }
+
+    #[test]
     fn top_of_range_lands_on_127_not_128() {
         // The notebook's bug: dividing by 256 without a clamp put the maximum on 128.
         let (p, q) = quantize(&[0.0, 0.5, 1.0]);
@@ -721,6 +908,80 @@ mod tests {
         }
 
         #[test]
+        fn scan_range_agrees_with_the_exact_scan(
+            values in prop::collection::vec(
+                prop_oneof![8 => -1e3f32..1e3, 1 => Just(f32::NAN), 1 => Just(f32::INFINITY),
+                    1 => Just(f32::NEG_INFINITY)],
+                0..200,
+            ),
+            clean in any::<bool>(),
+        ) {
+            let values: Vec<f32> = if clean {
+                values.into_iter().filter(|x| x.is_finite()).collect()
+            } else {
+                values
+            };
+            prop_assert_eq!(scan_range(&values), scan_range_exact(&values));
+        }
+
+        #[test]
+        fn error_stats_match_a_direct_f64_sum(
+            values in prop::collection::vec(
+                prop_oneof![8 => -1e3f32..1e3, 1 => -3e38f32..3e38], 1..3000),
+        ) {
+            let (p, q) = quantize(&values);
+            let got = error_stats(&values, &q, p);
+            let (mut s, mut n, mut m, mut d, mut r) = (0f64, 0f64, 0f64, 0f64, 0f64);
+            for (&x, &c) in values.iter().zip(&q) {
+                let (x, y) = (f64::from(x), f64::from(dequantize(c, p)));
+                s += x * x;
+                n += (x - y) * (x - y);
+                m = m.max((x - y).abs());
+                d += x * y;
+                r += y * y;
+            }
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-30);
+            prop_assert_eq!(got.count, values.len() as u64);
+            prop_assert!(close(got.signal, s) && close(got.dot, d) && close(got.recon, r));
+            // The noise is a sum of small squares, each exact to f32 rounding of the error.
+            prop_assert!((got.noise - n).abs() <= 1e-4 * n.max(1e-30), "{} vs {n}", got.noise);
+            prop_assert!((got.max_abs - m).abs() <= 1e-6 * m.max(1e-30));
+        }
+
+        #[test]
+        fn float16_encoding_converts_each_value_alone(
+            values in prop::collection::vec(
+                prop_oneof![-1e5f32..1e5, -1e-4f32..1e-4, -1e-7f32..1e-7, Just(65504.0),
+                    Just(-7e4), Just(f32::MAX), Just(0.0)],
+                0..2500,
+            ),
+        ) {
+            let mut out = vec![0u8; 2 * values.len()];
+            let stats = Encoding::Float16.encode(&values, 0, &mut out);
+            let mut noise = 0f64;
+            for (&x, o) in values.iter().zip(out.chunks_exact(2)) {
+                let h = half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
+                prop_assert_eq!(o, &h.to_le_bytes()[..], "x = {}", x);
+                noise += (f64::from(x) - f64::from(h.to_f32())).powi(2);
+            }
+            prop_assert_eq!(stats.count, values.len() as u64);
+            prop_assert!((stats.noise - noise).abs() <= 1e-5 * noise, "{} vs {noise}", stats.noise);
+        }
+
+        #[test]
+        fn code_histogram_counts_every_code(codes in prop::collection::vec(any::<i8>(), 0..300)) {
+            let mut want = [0u64; 256];
+            for &q in &codes {
+                want[(i16::from(q) + 128) as usize] += 1;
+            }
+            prop_assert_eq!(code_histogram(&codes), want);
+            // Long enough to be counted in parallel parts.
+            let long: Vec<i8> = codes.iter().copied().cycle().take(codes.len() * 3000).collect();
+            let want: Vec<u64> = want.iter().map(|&c| c * 3000).collect();
+            prop_assert_eq!(&code_histogram(&long)[..], &want[..]);
+        }
+
+        #[test]
         fn zero_is_exact(values in prop::collection::vec(-1e3f32..1e3, 1..200)) {
             let (p, _) = quantize(&values);
             let mut q = [0i8];
@@ -743,7 +1004,14 @@ mod tests {
             let mut qp = vec![0i8; values.len()];
             let stats = quantize_par(&values, p, &mut qp);
             prop_assert_eq!(&q, &qp);
-            prop_assert_eq!(stats.count, values.len() as u64);
+            // The fused pass measures what the separate one measures (up to summation order).
+            let direct = error_stats(&values, &q, p);
+            prop_assert_eq!(stats.count, direct.count);
+            prop_assert_eq!(stats.max_abs, direct.max_abs);
+            for (a, b) in [(stats.signal, direct.signal), (stats.noise, direct.noise),
+                (stats.dot, direct.dot), (stats.recon, direct.recon)] {
+                prop_assert!((a - b).abs() <= 1e-5 * b.abs(), "{a} vs {b}");
+            }
         }
     }
 

@@ -535,7 +535,7 @@ fn stream<W: Write>(
     out.write_all(skeleton)?;
     let mut pos = skeleton.len() as u64;
     let zeros = [0u8; 32];
-    let mut codes: Vec<u8> = Vec::new();
+    let mut codes: [Vec<u8>; 2] = Default::default();
     for b in blocks {
         let len = b.source.len(plan);
         let start = if layout == Layout::Inline {
@@ -553,16 +553,7 @@ fn stream<W: Write>(
             Source::Quantize(j) => {
                 let job = &plan.jobs[*j];
                 let data = model.buffer_data(job.buffer);
-                let size = job.encoding.element_size();
-                for (k, block) in data.chunks(BLOCK * 4).enumerate() {
-                    let n = block.len() / 4;
-                    codes.resize(n * size, 0);
-                    let s = crate::plan::with_f32(block, |values| {
-                        job.encoding.encode_par(values, k * BLOCK, &mut codes)
-                    });
-                    stats[*j] = stats[*j].merge(s);
-                    out.write_all(&codes)?;
-                }
+                stats[*j] = write_encoded(data, &job.encoding, &mut out, &mut codes)?;
             }
         }
         pos = b.at + len;
@@ -571,4 +562,48 @@ fn stream<W: Write>(
     out.write_all(&zeros[..(end - pos) as usize])?;
     out.flush()?;
     Ok((end, stats))
+}
+
+/// Encodes the little-endian f32 `data` and writes the result, block by block. While one
+/// block is written, the next is encoded on the thread pool, so the copy into the page cache
+/// overlaps the arithmetic instead of following it.
+fn write_encoded<W: Write>(
+    data: &[u8],
+    encoding: &Encoding,
+    out: &mut W,
+    bufs: &mut [Vec<u8>; 2],
+) -> std::io::Result<ErrorStats> {
+    // At least four blocks per tensor (of at least one parallel chunk each), so that small
+    // tensors overlap too; at most BLOCK elements, so that memory stays flat.
+    let elements = data.len() / 4;
+    let block = elements.div_ceil(4).clamp(crate::quant::CHUNK, BLOCK);
+    let [current, next] = bufs;
+    let mut blocks = data.chunks(block * 4).enumerate();
+    let Some((_, first)) = blocks.next() else {
+        return Ok(ErrorStats::default());
+    };
+    let mut stats = encode_block(first, 0, encoding, current);
+    for (k, following) in blocks {
+        let mut following_stats = ErrorStats::default();
+        let mut written = Ok(());
+        rayon::in_place_scope(|scope| {
+            scope.spawn(|_| {
+                following_stats = encode_block(following, k * block, encoding, next);
+            });
+            written = out.write_all(current);
+        });
+        written?;
+        stats = stats.merge(following_stats);
+        std::mem::swap(current, next);
+    }
+    out.write_all(current)?;
+    Ok(stats)
+}
+
+/// Encodes one block of little-endian f32 bytes, elements `first..` of its tensor, into
+/// `out` (resized to fit).
+fn encode_block(bytes: &[u8], first: usize, encoding: &Encoding, out: &mut Vec<u8>) -> ErrorStats {
+    let n = bytes.len() / 4;
+    out.resize(n * encoding.element_size(), 0);
+    crate::plan::with_f32(bytes, |values| encoding.encode_par(values, first, out))
 }
