@@ -160,3 +160,29 @@ fn the_sentinel_buffer_is_never_tensor_data() {
     assert!(model.subgraphs[0].tensors.iter().any(|t| t.buffer == 0));
     assert!(model.buffer_data(0).is_empty());
 }
+
+/// Found by the long mutation run: one buffer read by two tensors of the same size but
+/// different shapes ([64, 128] and [128, 64]; the converter shares equal constants) got
+/// per-channel scales that fit only the first, and the output did not re-read.
+#[test]
+fn a_buffer_shared_by_different_shapes_gets_scales_that_fit_all() {
+    let mut m = attacks::unpack(&attacks::read_fixture("mlp.tflite"));
+    m.subgraphs.as_mut().unwrap()[0].tensors.as_mut().unwrap()[4].buffer = 6;
+    let bytes = attacks::pack(&m);
+    for mode in [tflq::plan::Mode::WeightOnly, tflq::plan::Mode::Dynamic] {
+        let opts = tflq::Options {
+            mode,
+            granularity: tflq::plan::Granularity::PerChannel,
+            ..tflq::Options::default()
+        };
+        let out = tflq::quantize(&bytes, &opts).unwrap();
+        let shared: Vec<_> = out
+            .summary
+            .quantized
+            .iter()
+            .filter(|q| q.buffer == 6)
+            .collect();
+        assert_eq!(shared.len(), 2, "{mode:?}: both readers quantized");
+        tflq::Model::parse(&out.bytes).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+    }
+}
