@@ -237,6 +237,19 @@ pub enum ModelError {
         /// The `type` field as stored.
         dtype: i8,
     },
+    /// A union (operator options, quantization details, sparse index vector) whose type the
+    /// schema does not define.
+    #[error(
+        "{place}: {what} of unknown type {value} (a damaged file, or a model newer than this tool)"
+    )]
+    UnknownVariant {
+        /// Where, e.g. "subgraph 0 operator 3".
+        place: String,
+        /// Which union.
+        what: &'static str,
+        /// The type as stored.
+        value: u8,
+    },
     /// A variable (state) tensor has constant data; the runtime refuses it.
     #[error(
         "subgraph {subgraph} tensor {tensor} ({name:?}) is a variable but has constant data in buffer {buffer}"

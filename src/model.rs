@@ -487,6 +487,7 @@ fn read_subgraph(
             });
         }
         check_quantization(si, ti, &name, &t, &shape)?;
+        check_tensor_unions(si, ti, &t)?;
         let sparse = t.sparsity().is_some();
         // Strings and other types without a fixed element size are not checked; sparse data
         // is smaller than its dense shape.
@@ -568,6 +569,21 @@ fn read_subgraph(
             });
         }
         check_custom_options(si, oi, &o, model.file_len)?;
+        let place = || format!("subgraph {si} operator {oi}");
+        if o.builtin_options_type().variant_name().is_none() {
+            return Err(unknown_variant(
+                place(),
+                "builtin options",
+                o.builtin_options_type().0,
+            ));
+        }
+        if o.builtin_options_2_type().variant_name().is_none() {
+            return Err(unknown_variant(
+                place(),
+                "builtin options 2",
+                o.builtin_options_2_type().0,
+            ));
+        }
         let custom = model.custom_codes.get(idx as usize).cloned().flatten();
         ops.push(OpInfo {
             code,
@@ -647,6 +663,35 @@ fn check_quantization(
             return bad(format!(
                 "{scales} scales: neither one (per tensor) nor {size} (per slice of dimension {dim})"
             ));
+        }
+    }
+    Ok(())
+}
+
+fn unknown_variant(place: String, what: &'static str, value: u8) -> ModelError {
+    ModelError::UnknownVariant { place, what, value }
+}
+
+/// Unions whose type the schema does not know: the object API that the rewrite goes through
+/// drops them, so a file with one would come out different from what went in (and a second
+/// run would then change it again).
+fn check_tensor_unions(si: usize, ti: usize, t: &fb::Tensor<'_>) -> Result<(), ModelError> {
+    let place = || format!("subgraph {si} tensor {ti}");
+    if let Some(q) = t.quantization() {
+        if q.details_type().variant_name().is_none() {
+            return Err(unknown_variant(
+                place(),
+                "quantization details",
+                q.details_type().0,
+            ));
+        }
+    }
+    let dims = t.sparsity().and_then(|s| s.dim_metadata());
+    for d in dims.into_iter().flatten() {
+        for kind in [d.array_segments_type(), d.array_indices_type()] {
+            if kind.variant_name().is_none() {
+                return Err(unknown_variant(place(), "sparse index vector", kind.0));
+            }
         }
     }
     Ok(())

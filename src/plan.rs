@@ -481,6 +481,11 @@ pub fn plan(model: &Model<'_>, opts: &Options) -> Plan {
                 .and_then(|r| ops::channel_axis(r.0, r.1, shape.len()));
             let agreed = match opts.granularity {
                 Granularity::PerTensor => None,
+                // One set of scales must fit every reader's shape.
+                Granularity::PerChannel if !one_shape(model, &users) => {
+                    fallback = Some("its readers have different shapes".to_owned());
+                    None
+                }
                 Granularity::PerChannel => match channel_axis(&reads, shape.len()) {
                     Ok(axis) if shape[axis] > 1 => Some(axis),
                     Ok(_) => {
@@ -530,6 +535,14 @@ pub fn plan(model: &Model<'_>, opts: &Options) -> Plan {
         hybrid_ops,
         clamped,
     }
+}
+
+/// Whether every tensor of `users` has the same shape. A buffer can be shared by tensors of
+/// one size but different shapes (the converter shares equal constants); per-channel scales
+/// then fit at most one of them.
+fn one_shape(model: &Model<'_>, users: &[TensorRef]) -> bool {
+    let shape = |u: &TensorRef| &model.subgraphs[u.subgraph].tensors[u.tensor].shape;
+    users.windows(2).all(|w| shape(&w[0]) == shape(&w[1]))
 }
 
 /// The one axis all readers of a buffer agree on for per-channel scales, or why there is
@@ -584,7 +597,7 @@ fn hybrid_ops(model: &Model<'_>, candidates: &BTreeMap<u32, Vec<TensorRef>>) -> 
                         users.contains(&TensorRef {
                             subgraph: si,
                             tensor: ti,
-                        })
+                        }) && one_shape(model, users)
                     })
                 }
             });

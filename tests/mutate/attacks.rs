@@ -575,6 +575,27 @@ pub const ATTACKS: &[Attack] = &[
         expect: &["operator code 1 is CUSTOM but has no custom_code"],
     },
     Attack {
+        name: "operator options of an unknown type",
+        make: || {
+            // Set the union's type byte in place: the object API cannot write an unknown one.
+            let bytes = read_fixture(MLP);
+            let model = fb::root_as_model(&bytes).unwrap();
+            let o = model
+                .subgraphs()
+                .unwrap()
+                .get(0)
+                .operators()
+                .unwrap()
+                .get(3);
+            let vt = o._tab.vtable().get(fb::Operator::VT_BUILTIN_OPTIONS_TYPE);
+            let at = o._tab.loc() + usize::from(vt);
+            let mut b = bytes.clone();
+            b[at] = 250;
+            b
+        },
+        expect: &["subgraph 0 operator 3: builtin options of unknown type 250"],
+    },
+    Attack {
         name: "external buffer past the end of the file",
         make: || {
             let m = fixture("external_buffers.tflite");

@@ -98,7 +98,10 @@ pub fn model(rng: &mut Rng) -> Generated {
                     // Float32 constant, often big enough to quantize.
                     let shared = rng.one_in(5) && !float_buffers.is_empty();
                     if shared {
-                        let (b, s) = rng.pick(&float_buffers).clone();
+                        let (b, mut s) = rng.pick(&float_buffers).clone();
+                        if rng.one_in(3) {
+                            s.reverse(); // One size, another shape: the converter shares those.
+                        }
                         t.buffer = b;
                         t.shape = Some(s);
                     } else {

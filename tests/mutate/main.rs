@@ -54,15 +54,20 @@ fn mutations_long_run() {
     finish(&report);
 }
 
-/// Reruns one case of a run, to debug a failure: `TFLQ_MUTATION_CASE=i`.
+/// Reruns one case, to debug a failure: `TFLQ_MUTATION_CASE=i` (of run
+/// `TFLQ_MUTATION_SEED`), or `TFLQ_MUTATION_FILE=path` (a saved case: the stream of cases
+/// changes when the seed models do).
 #[test]
 fn mutation_case_from_env() {
-    let Ok(i) = std::env::var("TFLQ_MUTATION_CASE") else {
+    let (what, bytes) = if let Ok(path) = std::env::var("TFLQ_MUTATION_FILE") {
+        (path.clone(), std::fs::read(&path).unwrap())
+    } else if let Ok(i) = std::env::var("TFLQ_MUTATION_CASE") {
+        let seed = env_u64("TFLQ_MUTATION_SEED", 1);
+        harness::case(seed, i.parse().unwrap())
+    } else {
         return;
     };
-    let seed = env_u64("TFLQ_MUTATION_SEED", 1);
-    let (what, bytes) = harness::case(seed, i.parse().unwrap());
-    eprintln!("case {i}: {what} ({} bytes)", bytes.len());
+    eprintln!("case {what} ({} bytes)", bytes.len());
     let mut tally = harness::Tally::default();
     if let Err(e) = harness::check(&bytes, &mut tally) {
         panic!("{e}");
@@ -102,8 +107,9 @@ fn every_seed_is_accepted() {
     }
 }
 
-/// Writes the cases the library accepts, with their quantized outputs, for checks outside
-/// Rust (the LiteRT runtime): `TFLQ_MUTATION_DUMP=dir`, `TFLQ_MUTATIONS` cases looked at.
+/// Writes the cases the library accepts, with their quantized outputs (default options, and
+/// dynamic per-channel), for checks outside Rust (the LiteRT runtime):
+/// `TFLQ_MUTATION_DUMP=dir`, `TFLQ_MUTATIONS` cases looked at.
 #[test]
 #[ignore = "a tool: TFLQ_MUTATION_DUMP=dir writes accepted cases and their outputs"]
 fn dump_accepted_cases() {
@@ -112,14 +118,22 @@ fn dump_accepted_cases() {
     );
     std::fs::create_dir_all(&dir).unwrap();
     let seed = env_u64("TFLQ_MUTATION_SEED", 1);
+    let dynamic = tflq::Options {
+        mode: tflq::plan::Mode::Dynamic,
+        granularity: tflq::plan::Granularity::PerChannel,
+        ..tflq::Options::default()
+    };
     let mut index = String::new();
     for i in 0..env_u64("TFLQ_MUTATIONS", 2000) {
         let (what, bytes) = harness::case(seed, i);
-        if let Ok(out) = tflq::quantize(&bytes, &tflq::Options::default()) {
-            std::fs::write(dir.join(format!("{i}.in.tflite")), &bytes).unwrap();
-            std::fs::write(dir.join(format!("{i}.out.tflite")), &out.bytes).unwrap();
-            index.push_str(&format!("{i}\t{}\t{what}\n", out.summary.changed));
-        }
+        let Ok(out) = tflq::quantize(&bytes, &tflq::Options::default()) else {
+            continue;
+        };
+        std::fs::write(dir.join(format!("{i}.in.tflite")), &bytes).unwrap();
+        std::fs::write(dir.join(format!("{i}.out.tflite")), &out.bytes).unwrap();
+        let dynamic = tflq::quantize(&bytes, &dynamic).expect("accepted like the default");
+        std::fs::write(dir.join(format!("{i}.dyn.tflite")), &dynamic.bytes).unwrap();
+        index.push_str(&format!("{i}\t{}\t{what}\n", out.summary.changed));
     }
     std::fs::write(dir.join("index.tsv"), index).unwrap();
 }
@@ -145,4 +159,30 @@ fn the_sentinel_buffer_is_never_tensor_data() {
     let model = tflq::Model::parse(&out.bytes).unwrap();
     assert!(model.subgraphs[0].tensors.iter().any(|t| t.buffer == 0));
     assert!(model.buffer_data(0).is_empty());
+}
+
+/// Found by the long mutation run: one buffer read by two tensors of the same size but
+/// different shapes ([64, 128] and [128, 64]; the converter shares equal constants) got
+/// per-channel scales that fit only the first, and the output did not re-read.
+#[test]
+fn a_buffer_shared_by_different_shapes_gets_scales_that_fit_all() {
+    let mut m = attacks::unpack(&attacks::read_fixture("mlp.tflite"));
+    m.subgraphs.as_mut().unwrap()[0].tensors.as_mut().unwrap()[4].buffer = 6;
+    let bytes = attacks::pack(&m);
+    for mode in [tflq::plan::Mode::WeightOnly, tflq::plan::Mode::Dynamic] {
+        let opts = tflq::Options {
+            mode,
+            granularity: tflq::plan::Granularity::PerChannel,
+            ..tflq::Options::default()
+        };
+        let out = tflq::quantize(&bytes, &opts).unwrap();
+        let shared: Vec<_> = out
+            .summary
+            .quantized
+            .iter()
+            .filter(|q| q.buffer == 6)
+            .collect();
+        assert_eq!(shared.len(), 2, "{mode:?}: both readers quantized");
+        tflq::Model::parse(&out.bytes).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+    }
 }
