@@ -7252,6 +7252,7 @@ impl<'a> BlockwiseQuantization<'a> {
   pub const VT_SCALES: ::flatbuffers::VOffsetT = 4;
   pub const VT_ZERO_POINTS: ::flatbuffers::VOffsetT = 6;
   pub const VT_BLOCK_SIZE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_BLOCK_SHAPE: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7260,9 +7261,10 @@ impl<'a> BlockwiseQuantization<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args BlockwiseQuantizationArgs
+    args: &'args BlockwiseQuantizationArgs<'args>
   ) -> ::flatbuffers::WIPOffset<BlockwiseQuantization<'bldr>> {
     let mut builder = BlockwiseQuantizationBuilder::new(_fbb);
+    if let Some(x) = args.block_shape { builder.add_block_shape(x); }
     builder.add_block_size(args.block_size);
     builder.add_zero_points(args.zero_points);
     builder.add_scales(args.scales);
@@ -7273,10 +7275,14 @@ impl<'a> BlockwiseQuantization<'a> {
     let scales = self.scales();
     let zero_points = self.zero_points();
     let block_size = self.block_size();
+    let block_shape = self.block_shape().map(|x| {
+      x.into_iter().collect()
+    });
     BlockwiseQuantizationT {
       scales,
       zero_points,
       block_size,
+      block_shape,
     }
   }
 
@@ -7301,6 +7307,13 @@ impl<'a> BlockwiseQuantization<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(BlockwiseQuantization::VT_BLOCK_SIZE, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn block_shape(&self) -> Option<::flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(BlockwiseQuantization::VT_BLOCK_SHAPE, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for BlockwiseQuantization<'_> {
@@ -7312,22 +7325,25 @@ impl ::flatbuffers::Verifiable for BlockwiseQuantization<'_> {
      .visit_field::<i32>("scales", Self::VT_SCALES, false)?
      .visit_field::<i32>("zero_points", Self::VT_ZERO_POINTS, false)?
      .visit_field::<i32>("block_size", Self::VT_BLOCK_SIZE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("block_shape", Self::VT_BLOCK_SHAPE, false)?
      .finish();
     Ok(())
   }
 }
-pub struct BlockwiseQuantizationArgs {
+pub struct BlockwiseQuantizationArgs<'a> {
     pub scales: i32,
     pub zero_points: i32,
     pub block_size: i32,
+    pub block_shape: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
 }
-impl<'a> Default for BlockwiseQuantizationArgs {
+impl<'a> Default for BlockwiseQuantizationArgs<'a> {
   #[inline]
   fn default() -> Self {
     BlockwiseQuantizationArgs {
       scales: 0,
       zero_points: 0,
       block_size: 0,
+      block_shape: None,
     }
   }
 }
@@ -7350,6 +7366,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BlockwiseQuantizationBuilder<
     self.fbb_.push_slot::<i32>(BlockwiseQuantization::VT_BLOCK_SIZE, block_size, 0);
   }
   #[inline]
+  pub fn add_block_shape(&mut self, block_shape: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BlockwiseQuantization::VT_BLOCK_SHAPE, block_shape);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BlockwiseQuantizationBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     BlockwiseQuantizationBuilder {
@@ -7370,6 +7390,7 @@ impl ::core::fmt::Debug for BlockwiseQuantization<'_> {
       ds.field("scales", &self.scales());
       ds.field("zero_points", &self.zero_points());
       ds.field("block_size", &self.block_size());
+      ds.field("block_shape", &self.block_shape());
       ds.finish()
   }
 }
@@ -7379,6 +7400,7 @@ pub struct BlockwiseQuantizationT {
   pub scales: i32,
   pub zero_points: i32,
   pub block_size: i32,
+  pub block_shape: Option<alloc::vec::Vec<i32>>,
 }
 impl Default for BlockwiseQuantizationT {
   fn default() -> Self {
@@ -7386,6 +7408,7 @@ impl Default for BlockwiseQuantizationT {
       scales: 0,
       zero_points: 0,
       block_size: 0,
+      block_shape: None,
     }
   }
 }
@@ -7397,10 +7420,14 @@ impl BlockwiseQuantizationT {
     let scales = self.scales;
     let zero_points = self.zero_points;
     let block_size = self.block_size;
+    let block_shape = self.block_shape.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
     BlockwiseQuantization::create(_fbb, &BlockwiseQuantizationArgs{
       scales,
       zero_points,
       block_size,
+      block_shape,
     })
   }
 }
@@ -15268,6 +15295,7 @@ impl<'a> FullyConnectedOptions<'a> {
   pub const VT_KEEP_NUM_DIMS: ::flatbuffers::VOffsetT = 8;
   pub const VT_ASYMMETRIC_QUANTIZE_INPUTS: ::flatbuffers::VOffsetT = 10;
   pub const VT_QUANTIZED_BIAS_TYPE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_QUANT_SPEC: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -15276,9 +15304,10 @@ impl<'a> FullyConnectedOptions<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args FullyConnectedOptionsArgs
+    args: &'args FullyConnectedOptionsArgs<'args>
   ) -> ::flatbuffers::WIPOffset<FullyConnectedOptions<'bldr>> {
     let mut builder = FullyConnectedOptionsBuilder::new(_fbb);
+    if let Some(x) = args.quant_spec { builder.add_quant_spec(x); }
     builder.add_quantized_bias_type(args.quantized_bias_type);
     builder.add_asymmetric_quantize_inputs(args.asymmetric_quantize_inputs);
     builder.add_keep_num_dims(args.keep_num_dims);
@@ -15293,12 +15322,16 @@ impl<'a> FullyConnectedOptions<'a> {
     let keep_num_dims = self.keep_num_dims();
     let asymmetric_quantize_inputs = self.asymmetric_quantize_inputs();
     let quantized_bias_type = self.quantized_bias_type();
+    let quant_spec = self.quant_spec().map(|x| {
+      x.into_iter().collect()
+    });
     FullyConnectedOptionsT {
       fused_activation_function,
       weights_format,
       keep_num_dims,
       asymmetric_quantize_inputs,
       quantized_bias_type,
+      quant_spec,
     }
   }
 
@@ -15337,6 +15370,13 @@ impl<'a> FullyConnectedOptions<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<TensorType>(FullyConnectedOptions::VT_QUANTIZED_BIAS_TYPE, Some(TensorType::FLOAT32)).unwrap()}
   }
+  #[inline]
+  pub fn quant_spec(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(FullyConnectedOptions::VT_QUANT_SPEC, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FullyConnectedOptions<'_> {
@@ -15350,18 +15390,20 @@ impl ::flatbuffers::Verifiable for FullyConnectedOptions<'_> {
      .visit_field::<bool>("keep_num_dims", Self::VT_KEEP_NUM_DIMS, false)?
      .visit_field::<bool>("asymmetric_quantize_inputs", Self::VT_ASYMMETRIC_QUANTIZE_INPUTS, false)?
      .visit_field::<TensorType>("quantized_bias_type", Self::VT_QUANTIZED_BIAS_TYPE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("quant_spec", Self::VT_QUANT_SPEC, false)?
      .finish();
     Ok(())
   }
 }
-pub struct FullyConnectedOptionsArgs {
+pub struct FullyConnectedOptionsArgs<'a> {
     pub fused_activation_function: ActivationFunctionType,
     pub weights_format: FullyConnectedOptionsWeightsFormat,
     pub keep_num_dims: bool,
     pub asymmetric_quantize_inputs: bool,
     pub quantized_bias_type: TensorType,
+    pub quant_spec: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
-impl<'a> Default for FullyConnectedOptionsArgs {
+impl<'a> Default for FullyConnectedOptionsArgs<'a> {
   #[inline]
   fn default() -> Self {
     FullyConnectedOptionsArgs {
@@ -15370,6 +15412,7 @@ impl<'a> Default for FullyConnectedOptionsArgs {
       keep_num_dims: false,
       asymmetric_quantize_inputs: false,
       quantized_bias_type: TensorType::FLOAT32,
+      quant_spec: None,
     }
   }
 }
@@ -15400,6 +15443,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FullyConnectedOptionsBuilder<
     self.fbb_.push_slot::<TensorType>(FullyConnectedOptions::VT_QUANTIZED_BIAS_TYPE, quantized_bias_type, TensorType::FLOAT32);
   }
   #[inline]
+  pub fn add_quant_spec(&mut self, quant_spec: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FullyConnectedOptions::VT_QUANT_SPEC, quant_spec);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FullyConnectedOptionsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FullyConnectedOptionsBuilder {
@@ -15422,6 +15469,7 @@ impl ::core::fmt::Debug for FullyConnectedOptions<'_> {
       ds.field("keep_num_dims", &self.keep_num_dims());
       ds.field("asymmetric_quantize_inputs", &self.asymmetric_quantize_inputs());
       ds.field("quantized_bias_type", &self.quantized_bias_type());
+      ds.field("quant_spec", &self.quant_spec());
       ds.finish()
   }
 }
@@ -15433,6 +15481,7 @@ pub struct FullyConnectedOptionsT {
   pub keep_num_dims: bool,
   pub asymmetric_quantize_inputs: bool,
   pub quantized_bias_type: TensorType,
+  pub quant_spec: Option<alloc::vec::Vec<u8>>,
 }
 impl Default for FullyConnectedOptionsT {
   fn default() -> Self {
@@ -15442,6 +15491,7 @@ impl Default for FullyConnectedOptionsT {
       keep_num_dims: false,
       asymmetric_quantize_inputs: false,
       quantized_bias_type: TensorType::FLOAT32,
+      quant_spec: None,
     }
   }
 }
@@ -15455,12 +15505,16 @@ impl FullyConnectedOptionsT {
     let keep_num_dims = self.keep_num_dims;
     let asymmetric_quantize_inputs = self.asymmetric_quantize_inputs;
     let quantized_bias_type = self.quantized_bias_type;
+    let quant_spec = self.quant_spec.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
     FullyConnectedOptions::create(_fbb, &FullyConnectedOptionsArgs{
       fused_activation_function,
       weights_format,
       keep_num_dims,
       asymmetric_quantize_inputs,
       quantized_bias_type,
+      quant_spec,
     })
   }
 }

@@ -496,3 +496,45 @@ fn usage_errors_exit_2_and_help_documents_exit_codes() {
     let text = String::from_utf8(help.get_output().stdout.clone()).unwrap();
     assert!(text.contains("--min-elements"), "{text}");
 }
+
+/// Newer converters' fields (FullyConnectedOptions.quant_spec) survive the rewrite, which
+/// unpacks and repacks every operator.
+#[test]
+fn fully_connected_quant_spec_survives() {
+    let dir = tmp();
+    let bytes = std::fs::read(fixture("mlp.tflite")).unwrap();
+    let mut m = fb::root_as_model(&bytes).unwrap().unpack();
+    let mut set = 0;
+    for op in m.subgraphs.as_mut().unwrap()[0].operators.as_mut().unwrap() {
+        if let fb::BuiltinOptionsT::FullyConnectedOptions(o) = &mut op.builtin_options {
+            o.quant_spec = Some(vec![7, 1, 2]);
+            set += 1;
+        }
+    }
+    assert!(set > 0);
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let root = m.pack(&mut fbb);
+    fb::finish_model_buffer(&mut fbb, root);
+    let input = dir.path().join("spec.tflite");
+    std::fs::write(&input, fbb.finished_data()).unwrap();
+    let out = dir.path().join("out.tflite");
+    tflq()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let q = unpack(&std::fs::read(out).unwrap());
+    let specs: Vec<_> = q.subgraphs.unwrap()[0]
+        .operators
+        .clone()
+        .unwrap()
+        .into_iter()
+        .filter_map(|op| match op.builtin_options {
+            fb::BuiltinOptionsT::FullyConnectedOptions(o) => o.quant_spec,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(specs, vec![vec![7u8, 1, 2]; set]);
+}
