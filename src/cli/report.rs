@@ -101,12 +101,6 @@ fn emit(report: &Report, format: Format, path: Option<&Path>, plots: usize) -> R
 pub fn run(args: Args) -> Result<i32> {
     let format = pick(args.out.format.as_deref(), args.out.output.as_deref());
     let quant = match args.quant.to_options() {
-        Ok(q) if q.weight_type == tflq::WeightType::Float16 && args.against.is_none() => {
-            eprintln!(
-                "tflq: error: report measures int8 schemes; `quantize --type float16 --json` gives the SQNR of each float16 tensor"
-            );
-            return Ok(exit::USAGE);
-        }
         Ok(q) => q,
         Err(e) => {
             eprintln!("tflq: error: {e}");

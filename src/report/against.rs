@@ -24,7 +24,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::analyze::{Meter, Scheme};
-use super::{Consumer, QuantizedTensor, Report, ReportOptions, SkippedRow, consumers, row};
+use super::{
+    Consumer, QuantizedTensor, Report, ReportOptions, SchemeSummary, SkippedRow, consumers, row,
+};
 use crate::model::details::{self, Quantization};
 use crate::model::{DType, Model, SubgraphInfo, TensorInfo, op};
 use crate::plan::with_f32;
@@ -334,7 +336,7 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
                 float,
                 &fcons,
                 (s, fi),
-                &scheme,
+                SchemeSummary::new(&scheme),
                 (range.min, range.max),
                 measured,
                 quantized.buffer_data(t.buffer).len() as u64,

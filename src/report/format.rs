@@ -151,7 +151,9 @@ pub fn sqnr_text(r: &TensorRow) -> String {
 /// Scale(s) for people.
 pub fn scale_text(r: &TensorRow) -> String {
     let s = &r.scheme;
-    if s.scale_min == s.scale_max {
+    if s.channels == 0 {
+        "-".to_owned() // float16: no scale
+    } else if s.scale_min == s.scale_max {
         format!("{:.3e}", s.scale_min)
     } else {
         format!("{:.2e}..{:.2e}", s.scale_min, s.scale_max)
@@ -161,7 +163,9 @@ pub fn scale_text(r: &TensorRow) -> String {
 /// Zero point(s) for people.
 pub fn zero_point_text(r: &TensorRow) -> String {
     let s = &r.scheme;
-    if s.zero_point_min == s.zero_point_max {
+    if s.channels == 0 {
+        "-".to_owned() // float16: no zero point
+    } else if s.zero_point_min == s.zero_point_max {
         s.zero_point_min.to_string()
     } else {
         format!("{}..{}", s.zero_point_min, s.zero_point_max)
@@ -171,6 +175,9 @@ pub fn zero_point_text(r: &TensorRow) -> String {
 /// Scheme for people, e.g. `tensor`, `channel/0 sym`.
 pub fn scheme_text(r: &TensorRow) -> String {
     let s = &r.scheme;
+    if s.granularity == "float16" {
+        return "float16".to_owned();
+    }
     let mut t = match s.axis {
         Some(a) if s.channels > 1 => format!("channel/{a}"),
         _ => "tensor".to_owned(),

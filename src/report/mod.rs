@@ -88,6 +88,20 @@ pub struct SchemeSummary {
 }
 
 impl SchemeSummary {
+    /// Float16 weights: no scales, no zero points, no codes.
+    fn float16() -> SchemeSummary {
+        SchemeSummary {
+            granularity: "float16",
+            symmetric: true,
+            axis: None,
+            channels: 0,
+            scale_min: 0.0,
+            scale_max: 0.0,
+            zero_point_min: 0,
+            zero_point_max: 0,
+        }
+    }
+
     fn new(s: &analyze::Scheme) -> SchemeSummary {
         let scales = s.params.iter().map(|p| p.scale);
         let zps = s.params.iter().map(|p| p.zero_point);
@@ -323,7 +337,7 @@ fn row(
     model: &Model<'_>,
     consumers: &[Vec<Vec<Consumer>>],
     (subgraph, tensor): (usize, usize),
-    scheme: &analyze::Scheme,
+    scheme: SchemeSummary,
     (min, max): (f32, f32),
     measured: analyze::Measured,
     bytes_after: u64,
@@ -342,7 +356,7 @@ fn row(
         elements: t.elements,
         min,
         max,
-        scheme: SchemeSummary::new(scheme),
+        scheme,
         max_abs_error: s.max_abs,
         rmse: s.rmse(),
         sqnr_db: sqnr.is_finite().then_some(sqnr),
@@ -369,9 +383,38 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
     let consumers: Vec<_> = model.subgraphs.iter().map(consumers).collect();
     let mut rows = Vec::new();
     let mut codes = Vec::new();
+    let mut half = Vec::new();
     for job in &plan.jobs {
         let Some(scheme) = analyze::job_scheme(job) else {
-            continue; // float16: no int8 codes (refused up front by the CLI)
+            // float16: the encoder's own error sums; no codes to count.
+            let mut stats = ErrorStats::default();
+            for (k, block) in model.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
+                half.resize(block.len() / 2, 0u8);
+                let s = plan::with_f32(block, |v| job.encoding.encode_par(v, k * BLOCK, &mut half));
+                stats = stats.merge(s);
+            }
+            let measured = analyze::Measured {
+                stats,
+                code_use: crate::quant::CodeUse {
+                    levels: 0,
+                    at_edges: 0,
+                    count: job.elements,
+                },
+                histograms: None,
+            };
+            for u in &job.users {
+                rows.push(row(
+                    model,
+                    &consumers,
+                    (u.subgraph, u.tensor),
+                    SchemeSummary::float16(),
+                    (job.min, job.max),
+                    measured.clone(),
+                    job.elements * 2,
+                    job.buffer,
+                ));
+            }
+            continue;
         };
         let mut meter = analyze::Meter::new(&scheme, job.min, job.max, opts.histograms);
         for (k, block) in model.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
@@ -388,7 +431,7 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
                 model,
                 &consumers,
                 (u.subgraph, u.tensor),
-                &scheme,
+                SchemeSummary::new(&scheme),
                 (job.min, job.max),
                 measured.clone(),
                 job.elements,

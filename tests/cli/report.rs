@@ -576,3 +576,60 @@ fn report_of_a_folder_is_one_csv_table_with_a_model_column() {
         .assert()
         .code(2);
 }
+
+/// `--type float16`: the report's SQNR is the one computed in f64 from the float16 values
+/// the quantizer writes.
+#[test]
+fn float16_report_matches_the_written_half_floats() {
+    let dir = tmp();
+    let out = dir.path().join("h.tflite");
+    tflq()
+        .args(["quantize", "-q", "--type", "float16"])
+        .arg(fixture("cnn.tflite"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let report = report_json(&[p(&fixture("cnn.tflite")), "--type", "float16"]);
+    let rows = report["tensors"].as_array().unwrap();
+    assert!(!rows.is_empty());
+    let (fbytes, qbytes) = (
+        std::fs::read(fixture("cnn.tflite")).unwrap(),
+        std::fs::read(&out).unwrap(),
+    );
+    let (f, q) = (
+        Model::parse(&fbytes).unwrap(),
+        Model::parse(&qbytes).unwrap(),
+    );
+    for r in rows {
+        assert_eq!(r["scheme"]["granularity"], "float16");
+        let (s, t) = (
+            r["subgraph"].as_u64().unwrap() as usize,
+            r["tensor"].as_u64().unwrap() as usize,
+        );
+        let x = f32s(f.buffer_data(f.subgraphs[s].tensors[t].buffer));
+        let twin = q.subgraphs[s]
+            .tensors
+            .iter()
+            .find(|w| w.name == format!("{}_fp16", r["name"].as_str().unwrap()))
+            .unwrap();
+        let h = q.buffer_data(twin.buffer);
+        let y: Vec<f64> = h
+            .chunks_exact(2)
+            .map(|b| f64::from(half::f16::from_le_bytes([b[0], b[1]]).to_f32()))
+            .collect();
+        assert_eq!(x.len(), y.len());
+        let signal: f64 = x.iter().map(|v| v * v).sum();
+        let noise: f64 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+        close(
+            &r["sqnr_db"],
+            10.0 * (signal / noise).log10(),
+            1e-6,
+            "float16 sqnr",
+        );
+        assert_eq!(
+            r["bytes_after"].as_u64().unwrap() * 2,
+            r["bytes_before"].as_u64().unwrap()
+        );
+    }
+}
