@@ -257,6 +257,8 @@ pub struct Plan {
     pub hybrid_ops: BTreeSet<OpRef>,
     /// Tensors (weights of hybrid ops) with values beyond the float16 range, clamped.
     pub clamped: Vec<TensorRef>,
+    /// Readers of every tensor: `readers[subgraph][tensor]` lists (operator, input slot).
+    pub readers: Vec<Vec<Vec<(usize, usize)>>>,
 }
 
 impl Plan {
@@ -534,6 +536,7 @@ pub fn plan(model: &Model<'_>, opts: &Options) -> Plan {
         skipped,
         hybrid_ops,
         clamped,
+        readers,
     }
 }
 

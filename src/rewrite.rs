@@ -147,7 +147,7 @@ fn build_skeleton(
         .flatten()
         .map(|c| c.unpack())
         .collect();
-    let readers = crate::plan::consumers(model);
+    let readers = &plan.readers;
     // Per subgraph: (tensor, job, whether it needs the DEQUANTIZE path).
     let mut per_subgraph: Vec<Vec<(usize, usize, bool)>> = vec![Vec::new(); model.subgraphs.len()];
     let mut dq_version = 0;

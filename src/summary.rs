@@ -93,7 +93,7 @@ pub struct Summary {
 impl Summary {
     pub(crate) fn new(model: &Model<'_>, plan: &Plan, written: Option<&Written>) -> Summary {
         let name = |s: usize, t: usize| model.subgraphs[s].tensors[t].name.clone();
-        let readers = crate::plan::consumers(model);
+        let readers = &plan.readers;
         let mut quantized = Vec::new();
         for (j, job) in plan.jobs.iter().enumerate() {
             let stats = written
