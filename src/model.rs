@@ -111,6 +111,8 @@ pub struct TensorInfo {
 /// One operator.
 #[derive(Debug, Clone)]
 pub struct OpInfo {
+    /// Index into the model's operator codes.
+    pub opcode: u32,
     /// Effective builtin code (the larger of the two code fields).
     pub code: i32,
     /// Custom code for `CUSTOM` operators.
@@ -586,6 +588,7 @@ fn read_subgraph(
         }
         let custom = model.custom_codes.get(idx as usize).cloned().flatten();
         ops.push(OpInfo {
+            opcode: idx,
             code,
             custom,
             inputs,

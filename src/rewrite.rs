@@ -189,7 +189,7 @@ fn build_skeleton(
         } else {
             spec.version.0
         };
-        if let Some(c) = codes.get_mut(opcode_index(model, h)?) {
+        if let Some(c) = codes.get_mut(o.opcode as usize) {
             c.version = c.version.max(version);
         }
     }
@@ -389,18 +389,6 @@ fn quantization(e: &Encoding) -> Option<Box<fb::QuantizationParametersT>> {
         }
     }
     Some(Box::new(q))
-}
-
-/// Operator code index of a hybrid operator.
-fn opcode_index(model: &Model<'_>, h: &crate::plan::OpRef) -> Result<usize, Error> {
-    model
-        .root
-        .subgraphs()
-        .and_then(|s| s.iter().nth(h.subgraph))
-        .and_then(|s| s.operators())
-        .and_then(|o| o.iter().nth(h.op))
-        .map(|o| o.opcode_index() as usize)
-        .ok_or_else(|| too_big("operator vanished"))
 }
 
 /// Turns on `asymmetric_quantize_inputs` in a hybrid operator's options, creating the
