@@ -180,10 +180,12 @@ impl Summary {
                 used[t.buffer as usize] = true;
             }
         }
+        // Buffer 0 is the empty sentinel: a tensor pointing at it has no data, whatever it holds.
         let weight_bytes_before: u64 = model
             .buffers
             .iter()
             .zip(&used)
+            .skip(1)
             .filter(|(_, u)| **u)
             .map(|(b, _)| b.data.len() as u64)
             .sum();

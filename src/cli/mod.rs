@@ -86,8 +86,14 @@ fn report(err: &anyhow::Error) -> i32 {
         return exit::OK;
     }
     eprintln!("tflq: error: {err}");
+    // The library's messages already end with their cause; print only causes not yet said.
+    let mut said = err.to_string();
     for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        said = text;
     }
     exit::FAILED
 }
