@@ -271,6 +271,14 @@ impl Plan {
         m
     }
 
+    /// The job that quantizes `buffer`, if any (jobs are in buffer order).
+    pub fn job_of(&self, buffer: u32) -> Option<&BufferJob> {
+        self.jobs
+            .binary_search_by_key(&buffer, |j| j.buffer)
+            .ok()
+            .map(|i| &self.jobs[i])
+    }
+
     /// Whether the operator reads its weights directly.
     pub fn is_hybrid(&self, subgraph: usize, op: usize) -> bool {
         self.hybrid_ops.contains(&OpRef { subgraph, op })

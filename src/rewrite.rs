@@ -178,11 +178,13 @@ fn build_skeleton(
         let Some(spec) = crate::ops::hybrid(o.code) else {
             continue;
         };
+        let tensors = &model.subgraphs[h.subgraph].tensors;
         let per_channel = spec.slots.iter().any(|&slot| {
-            let t = o.inputs.get(slot).and_then(|&t| usize::try_from(t).ok());
-            per_subgraph[h.subgraph].iter().any(|&(ti, j, _)| {
-                Some(ti) == t && matches!(plan.jobs[j].encoding, Encoding::PerChannel(_))
-            })
+            o.inputs
+                .get(slot)
+                .and_then(|&t| tensors.get(usize::try_from(t).ok()?))
+                .and_then(|t| plan.job_of(t.buffer))
+                .is_some_and(|j| matches!(j.encoding, Encoding::PerChannel(_)))
         });
         let version = if per_channel {
             spec.version.1

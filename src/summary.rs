@@ -100,6 +100,17 @@ impl Summary {
                 .and_then(|w| w.stats.get(j))
                 .copied()
                 .unwrap_or_default();
+            let (encoding, scale, zero_point, axis, channels) = match &job.encoding {
+                Encoding::PerTensor(p) => ("int8", Some(p.scale), Some(p.zero_point), None, None),
+                Encoding::PerChannel(pc) => (
+                    "int8_per_channel",
+                    None,
+                    None,
+                    Some(pc.axis),
+                    Some(pc.params.len()),
+                ),
+                Encoding::Float16 => ("float16", None, None, None, None),
+            };
             for u in &job.users {
                 let sqnr = stats.sqnr_db();
                 quantized.push(QuantizedTensor {
@@ -110,27 +121,11 @@ impl Summary {
                     elements: job.elements,
                     min: job.min,
                     max: job.max,
-                    encoding: match &job.encoding {
-                        Encoding::PerTensor(_) => "int8",
-                        Encoding::PerChannel(_) => "int8_per_channel",
-                        Encoding::Float16 => "float16",
-                    },
-                    scale: match &job.encoding {
-                        Encoding::PerTensor(p) => Some(p.scale),
-                        _ => None,
-                    },
-                    zero_point: match &job.encoding {
-                        Encoding::PerTensor(p) => Some(p.zero_point),
-                        _ => None,
-                    },
-                    axis: match &job.encoding {
-                        Encoding::PerChannel(pc) => Some(pc.axis),
-                        _ => None,
-                    },
-                    channels: match &job.encoding {
-                        Encoding::PerChannel(pc) => Some(pc.params.len()),
-                        _ => None,
-                    },
+                    encoding,
+                    scale,
+                    zero_point,
+                    axis,
+                    channels,
                     hybrid: readers[u.subgraph][u.tensor].iter().any(|&(oi, slot)| {
                         let code = model.subgraphs[u.subgraph].ops[oi].code;
                         plan.reads_int8(u.subgraph, oi, code, slot)
