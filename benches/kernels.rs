@@ -65,7 +65,7 @@ fn kernels(c: &mut Criterion) {
     // The float16 scheme (`--type float16`), all threads.
     let mut halves = vec![0u8; 2 * N];
     g.bench_function("encode_par_float16", |b| {
-        b.iter(|| quant::Encoding::Float16.encode_par(black_box(&values), 0, &mut halves))
+        b.iter(|| tflq::encoding::Encoding::Float16.encode_par(black_box(&values), 0, &mut halves))
     });
     // `report`'s pass over the codes (throughput in bytes of codes).
     g.throughput(Throughput::Bytes(N as u64));

@@ -9,8 +9,9 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::model::Model;
 use crate::model::details::{self, Metadata, Quantization, Signature};
-use crate::model::{Model, op};
+use crate::ops::Op;
 use crate::report::format::human;
 
 /// Where a model's buffer data lives.
@@ -221,13 +222,13 @@ pub struct Inspection {
 pub fn inspect(model: &Model<'_>) -> Inspection {
     let d = details::details(model);
     let mut layout = BufferLayout {
-        buffers: model.buffers.len(),
+        buffers: model.buffers().len(),
         inline: 0,
         inline_bytes: 0,
         external: 0,
         external_bytes: 0,
     };
-    for b in &model.buffers {
+    for b in model.buffers() {
         if b.data.is_empty() {
             continue;
         }
@@ -247,7 +248,7 @@ pub fn inspect(model: &Model<'_>) -> Inspection {
                 list.iter()
                     .map(|m| {
                         let t = model
-                            .subgraphs
+                            .subgraphs()
                             .get(s.subgraph)
                             .and_then(|sg| sg.tensors.get(m.tensor as usize));
                         SignatureIo {
@@ -271,8 +272,8 @@ pub fn inspect(model: &Model<'_>) -> Inspection {
     let mut subgraphs = Vec::new();
     let mut constants = Vec::new();
     let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
-    let mut counted = vec![false; model.buffers.len()];
-    for (si, sg) in model.subgraphs.iter().enumerate() {
+    let mut counted = vec![false; model.buffers().len()];
+    for (si, sg) in model.subgraphs().iter().enumerate() {
         let mut ops = BTreeMap::new();
         let mut readers: Vec<Vec<String>> = vec![Vec::new(); sg.tensors.len()];
         for (oi, o) in sg.ops.iter().enumerate() {
@@ -285,7 +286,7 @@ pub fn inspect(model: &Model<'_>) -> Inspection {
         }
         // Readers of a DEQUANTIZE's output count as readers of its input, marked as such.
         for (oi, o) in sg.ops.iter().enumerate() {
-            if o.code != op::DEQUANTIZE {
+            if o.op != Op::Dequantize {
                 continue;
             }
             let (Some(&i), Some(&out)) = (o.inputs.first(), o.outputs.first()) else {
@@ -325,7 +326,7 @@ pub fn inspect(model: &Model<'_>) -> Inspection {
                 bytes: data.len() as u64,
                 buffer: t.buffer,
                 external: model
-                    .buffers
+                    .buffers()
                     .get(t.buffer as usize)
                     .is_some_and(|b| b.external),
                 sparse: t.sparse,
@@ -349,7 +350,7 @@ pub fn inspect(model: &Model<'_>) -> Inspection {
         .find(|m| m.name == "min_runtime_version")
         .and_then(|m| m.text.clone());
     Inspection {
-        file_bytes: model.bytes.len() as u64,
+        file_bytes: model.bytes().len() as u64,
         version: d.version,
         description: d.description,
         layout,

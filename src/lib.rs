@@ -20,6 +20,7 @@
 //! describes what a model holds.
 
 pub mod batch;
+pub mod encoding;
 pub mod error;
 pub mod files;
 pub mod inspect;
@@ -64,12 +65,12 @@ pub fn quantize(input: &[u8], opts: &Options) -> Result<Output> {
 pub fn quantize_to<W: Write>(input: &[u8], opts: &Options, mut out: W) -> Result<Summary> {
     let model = Model::parse(input)?;
     let plan = plan::plan(&model, opts);
-    if plan.jobs.is_empty() {
+    if plan.jobs().is_empty() {
         out.write_all(input)
             .and_then(|()| out.flush())
             .map_err(Error::Write)?;
-        return Ok(Summary::new(&model, &plan, None));
+        return Ok(Summary::new(&plan, None));
     }
-    let written = rewrite::write_model(&model, &plan, opts.layout, out)?;
-    Ok(Summary::new(&model, &plan, Some(&written)))
+    let written = rewrite::write_model(&plan, opts.layout, out)?;
+    Ok(Summary::new(&plan, Some(&written)))
 }

@@ -11,23 +11,10 @@ use std::ops::Range;
 
 use tflq_schema as fb;
 
-use crate::error::ModelError;
+use serde::Serialize;
 
-/// Builtin operator codes this crate refers to by number.
-pub mod op {
-    /// `DEQUANTIZE`.
-    pub const DEQUANTIZE: i32 = 6;
-    /// `CALL` (legacy control flow).
-    pub const CALL: i32 = 31;
-    /// `CUSTOM`.
-    pub const CUSTOM: i32 = 32;
-    /// `IF`.
-    pub const IF: i32 = 118;
-    /// `WHILE`.
-    pub const WHILE: i32 = 119;
-    /// `CALL_ONCE`.
-    pub const CALL_ONCE: i32 = 129;
-}
+use crate::error::ModelError;
+use crate::ops::Op;
 
 /// Element type of a tensor, named after the schema's `TensorType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +23,8 @@ pub struct DType(pub i8);
 impl DType {
     /// 32-bit float.
     pub const FLOAT32: DType = DType(0);
+    /// 16-bit IEEE float.
+    pub const FLOAT16: DType = DType(1);
     /// 8-bit signed integer.
     pub const INT8: DType = DType(9);
 
@@ -67,13 +56,6 @@ impl std::fmt::Display for DType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.name())
     }
-}
-
-/// Name of a builtin operator code, e.g. `FULLY_CONNECTED`.
-pub fn op_name(code: i32) -> String {
-    fb::BuiltinOperator(code)
-        .variant_name()
-        .map_or_else(|| format!("OP_{code}"), str::to_owned)
 }
 
 /// Where a buffer's bytes are.
@@ -113,8 +95,8 @@ pub struct TensorInfo {
 pub struct OpInfo {
     /// Index into the model's operator codes.
     pub opcode: u32,
-    /// Effective builtin code (the larger of the two code fields).
-    pub code: i32,
+    /// The operator (from the larger of the two code fields).
+    pub op: Op,
     /// Custom code for `CUSTOM` operators.
     pub custom: Option<String>,
     /// Input tensor indices (-1: optional input left out).
@@ -126,9 +108,9 @@ pub struct OpInfo {
 impl OpInfo {
     /// Human-readable name: the builtin name or the custom code.
     pub fn name(&self) -> String {
-        match (&self.custom, self.code) {
-            (Some(c), op::CUSTOM) => c.clone(),
-            _ => op_name(self.code),
+        match (&self.custom, self.op) {
+            (Some(c), Op::Custom) => c.clone(),
+            _ => self.op.name(),
         }
     }
 }
@@ -148,18 +130,14 @@ pub struct SubgraphInfo {
     pub outputs: Vec<i32>,
 }
 
-/// A verified model: the flatbuffer view plus our description of it.
+/// A verified model: the flatbuffer view plus our description of it. Only [`Model::parse`]
+/// makes one, so everything downstream can trust its indices.
 pub struct Model<'a> {
-    /// The whole file.
-    pub bytes: &'a [u8],
-    /// The verified flatbuffer root, for the rewriter.
-    pub root: fb::Model<'a>,
-    /// Buffers in index order.
-    pub buffers: Vec<BufferInfo>,
-    /// Subgraphs in index order.
-    pub subgraphs: Vec<SubgraphInfo>,
-    /// Effective builtin code of each operator code.
-    pub opcodes: Vec<i32>,
+    bytes: &'a [u8],
+    root: fb::Model<'a>,
+    buffers: Vec<BufferInfo>,
+    subgraphs: Vec<SubgraphInfo>,
+    opcodes: Vec<Op>,
 }
 
 impl std::fmt::Debug for Model<'_> {
@@ -271,13 +249,12 @@ impl<'a> Model<'a> {
                 .builtin_code()
                 .0
                 .max(i32::from(c.deprecated_builtin_code()));
-            if fb::BuiltinOperator(code).variant_name().is_none() {
-                return Err(ModelError::UnknownOperator { index, code });
-            }
-            if code == op::CUSTOM && c.custom_code().is_none() {
+            let op = Op::try_from(fb::BuiltinOperator(code))
+                .map_err(|_| ModelError::UnknownOperator { index, code })?;
+            if op == Op::Custom && c.custom_code().is_none() {
                 return Err(ModelError::CustomWithoutCode { index });
             }
-            opcodes.push(code);
+            opcodes.push(op);
         }
         let custom_codes: Vec<Option<String>> = root
             .operator_codes()
@@ -334,6 +311,55 @@ impl<'a> Model<'a> {
     pub fn has_external_buffers(&self) -> bool {
         self.buffers.iter().any(|b| b.external)
     }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Buffers in index order.
+    pub fn buffers(&self) -> &[BufferInfo] {
+        &self.buffers
+    }
+
+    /// Subgraphs in index order.
+    pub fn subgraphs(&self) -> &[SubgraphInfo] {
+        &self.subgraphs
+    }
+
+    /// The tensor at `r`, which must come from this model.
+    pub fn tensor(&self, r: TensorRef) -> &TensorInfo {
+        &self.subgraphs[r.subgraph].tensors[r.tensor]
+    }
+
+    /// The operator of each operator code.
+    pub fn opcodes(&self) -> &[Op] {
+        &self.opcodes
+    }
+
+    /// The verified flatbuffer root, for the rewriter and the detail readers: generated
+    /// types stay inside the crate.
+    pub(crate) fn root(&self) -> &fb::Model<'a> {
+        &self.root
+    }
+}
+
+/// A tensor by place: subgraph and index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TensorRef {
+    /// Subgraph index.
+    pub subgraph: usize,
+    /// Tensor index within the subgraph.
+    pub tensor: usize,
+}
+
+/// An operator by place: subgraph and index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpRef {
+    /// Subgraph index.
+    pub subgraph: usize,
+    /// Operator index within the subgraph.
+    pub op: usize,
 }
 
 /// Reads the buffer table. Also returns, per buffer, whether it holds constant data of zero
@@ -414,7 +440,7 @@ fn read_buffers(
 struct Context<'m> {
     buffers: &'m [BufferInfo],
     zero_bytes: &'m [bool],
-    opcodes: &'m [i32],
+    opcodes: &'m [Op],
     custom_codes: &'m [Option<String>],
     file_len: usize,
 }
@@ -526,7 +552,7 @@ fn read_subgraph(
     let mut ops = Vec::new();
     for (oi, o) in sg.operators().into_iter().flatten().enumerate() {
         let idx = o.opcode_index();
-        let Some(&code) = model.opcodes.get(idx as usize) else {
+        let Some(&op) = model.opcodes.get(idx as usize) else {
             return Err(ModelError::OpcodeIndex {
                 subgraph: si,
                 op: oi,
@@ -589,7 +615,7 @@ fn read_subgraph(
         let custom = model.custom_codes.get(idx as usize).cloned().flatten();
         ops.push(OpInfo {
             opcode: idx,
-            code,
+            op,
             custom,
             inputs,
             outputs,

@@ -5,39 +5,159 @@
 //! The facts come from the runtime's kernels and op-version rules (LiteRT 2.3.0) and were
 //! checked by running rewritten models in it; see `docs/modes.md`.
 
-use crate::model::op;
+use serde::Serialize;
+use tflq_schema as fb;
 
-/// Builtin codes used below.
-mod code {
-    pub const CONV_2D: i32 = 3;
-    pub const DEPTHWISE_CONV_2D: i32 = 4;
-    pub const EMBEDDING_LOOKUP: i32 = 7;
-    pub const FULLY_CONNECTED: i32 = 9;
-    pub const LSTM: i32 = 16;
-    pub const RNN: i32 = 24;
-    pub const SVDF: i32 = 27;
-    pub const UNIDIRECTIONAL_SEQUENCE_RNN: i32 = 35;
-    pub const GATHER: i32 = 36;
-    pub const UNIDIRECTIONAL_SEQUENCE_LSTM: i32 = 44;
-    pub const BIDIRECTIONAL_SEQUENCE_RNN: i32 = 46;
-    pub const BIDIRECTIONAL_SEQUENCE_LSTM: i32 = 52;
-    pub const TRANSPOSE_CONV: i32 = 67;
-    pub const BATCH_MATMUL: i32 = 126;
-    pub const CONV_3D: i32 = 132;
+/// A builtin operator. The operators tflq reasons about have a variant each; every other
+/// builtin the schema knows is `Other(code)`. Made from the schema's code with `TryFrom`,
+/// which refuses codes the schema does not name (the runtime refuses them too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    /// `CONV_2D`.
+    Conv2d,
+    /// `DEPTHWISE_CONV_2D`.
+    DepthwiseConv2d,
+    /// `DEQUANTIZE`.
+    Dequantize,
+    /// `EMBEDDING_LOOKUP`.
+    EmbeddingLookup,
+    /// `FULLY_CONNECTED`.
+    FullyConnected,
+    /// `LSTM`.
+    Lstm,
+    /// `RNN`.
+    Rnn,
+    /// `SVDF`.
+    Svdf,
+    /// `CALL` (legacy control flow).
+    Call,
+    /// `CUSTOM`: the operator code's `custom_code` names it.
+    Custom,
+    /// `UNIDIRECTIONAL_SEQUENCE_RNN`.
+    UnidirectionalSequenceRnn,
+    /// `GATHER`.
+    Gather,
+    /// `UNIDIRECTIONAL_SEQUENCE_LSTM`.
+    UnidirectionalSequenceLstm,
+    /// `BIDIRECTIONAL_SEQUENCE_RNN`.
+    BidirectionalSequenceRnn,
+    /// `BIDIRECTIONAL_SEQUENCE_LSTM`.
+    BidirectionalSequenceLstm,
+    /// `TRANSPOSE_CONV`.
+    TransposeConv,
+    /// `IF`.
+    If,
+    /// `WHILE`.
+    While,
+    /// `BATCH_MATMUL`.
+    BatchMatmul,
+    /// `CALL_ONCE`.
+    CallOnce,
+    /// `CONV_3D`.
+    Conv3d,
+    /// Any other builtin the schema names, by code.
+    Other(i32),
 }
-pub use code::*;
+
+/// The variants with their schema codes: the one table both conversions read.
+const CODES: [(Op, i32); 21] = [
+    (Op::Conv2d, 3),
+    (Op::DepthwiseConv2d, 4),
+    (Op::Dequantize, 6),
+    (Op::EmbeddingLookup, 7),
+    (Op::FullyConnected, 9),
+    (Op::Lstm, 16),
+    (Op::Rnn, 24),
+    (Op::Svdf, 27),
+    (Op::Call, 31),
+    (Op::Custom, 32),
+    (Op::UnidirectionalSequenceRnn, 35),
+    (Op::Gather, 36),
+    (Op::UnidirectionalSequenceLstm, 44),
+    (Op::BidirectionalSequenceRnn, 46),
+    (Op::BidirectionalSequenceLstm, 52),
+    (Op::TransposeConv, 67),
+    (Op::If, 118),
+    (Op::While, 119),
+    (Op::BatchMatmul, 126),
+    (Op::CallOnce, 129),
+    (Op::Conv3d, 132),
+];
+
+/// A builtin code the schema does not name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownOp(pub i32);
+
+impl TryFrom<fb::BuiltinOperator> for Op {
+    type Error = UnknownOp;
+    fn try_from(code: fb::BuiltinOperator) -> Result<Op, UnknownOp> {
+        if code.variant_name().is_none() {
+            return Err(UnknownOp(code.0));
+        }
+        Ok(CODES
+            .iter()
+            .find(|(_, c)| *c == code.0)
+            .map_or(Op::Other(code.0), |&(op, _)| op))
+    }
+}
+
+impl Op {
+    /// The schema's code.
+    pub fn code(self) -> i32 {
+        match self {
+            Op::Other(c) => c,
+            op => CODES.iter().find(|(o, _)| *o == op).map_or(-1, |&(_, c)| c),
+        }
+    }
+
+    /// The schema's name, e.g. `FULLY_CONNECTED`.
+    pub fn name(self) -> String {
+        let code = self.code();
+        fb::BuiltinOperator(code)
+            .variant_name()
+            .map_or_else(|| format!("OP_{code}"), str::to_owned)
+    }
+
+    /// The builtin named `name` (case-insensitive), e.g. "fully_connected".
+    pub fn by_name(name: &str) -> Option<Op> {
+        fb::BuiltinOperator::ENUM_VALUES
+            .iter()
+            .find(|c| {
+                c.variant_name()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .and_then(|&c| Op::try_from(c).ok())
+    }
+
+    /// Whether this is a control-flow operator (its inputs are passed to other subgraphs).
+    pub fn is_control_flow(self) -> bool {
+        matches!(self, Op::While | Op::If | Op::Call | Op::CallOnce)
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl Serialize for Op {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
 
 /// The axis of a weight input along which per-channel scales make sense (its output
 /// channels), or `None` when the operator/input has no such axis.
-pub fn channel_axis(code: i32, slot: usize, rank: usize) -> Option<usize> {
-    let axis = match (code, slot) {
-        (CONV_2D | FULLY_CONNECTED | TRANSPOSE_CONV, 1) => 0,
-        (DEPTHWISE_CONV_2D, 1) => 3,
-        (CONV_3D, 1) => 4,
+pub fn channel_axis(op: Op, slot: usize, rank: usize) -> Option<usize> {
+    let axis = match (op, slot) {
+        (Op::Conv2d | Op::FullyConnected | Op::TransposeConv, 1) => 0,
+        (Op::DepthwiseConv2d, 1) => 3,
+        (Op::Conv3d, 1) => 4,
         // [..., K, N]: one scale per output column.
-        (BATCH_MATMUL, 1) if rank >= 2 => rank - 1,
+        (Op::BatchMatmul, 1) if rank >= 2 => rank - 1,
         // Embedding tables: one scale per row.
-        (EMBEDDING_LOOKUP, 1) | (GATHER, 0) => 0,
+        (Op::EmbeddingLookup, 1) | (Op::Gather, 0) => 0,
         _ => return None,
     };
     (axis < rank).then_some(axis)
@@ -74,9 +194,9 @@ const BIDI_LSTM_SLOTS: &[usize] = &[
     42, 43, 44, 45, 46, 47,
 ];
 
-/// The hybrid kernel of `code` in the TFLite runtime, if it has one. GATHER and CONV_3D
+/// The hybrid kernel of `op` in the TFLite runtime, if it has one. GATHER and CONV_3D
 /// have none (they keep the DEQUANTIZE path).
-pub fn hybrid(code: i32) -> Option<Hybrid> {
+pub fn hybrid(op: Op) -> Option<Hybrid> {
     let h = |slots, per_channel, version, asymmetric_inputs| Hybrid {
         slots,
         activation: Some(0),
@@ -85,47 +205,64 @@ pub fn hybrid(code: i32) -> Option<Hybrid> {
         version,
         asymmetric_inputs,
     };
-    Some(match code {
-        FULLY_CONNECTED => h(&[1], true, (9, 12), true),
-        CONV_2D => h(&[1], true, (2, 5), false),
-        DEPTHWISE_CONV_2D => Hybrid {
+    Some(match op {
+        Op::FullyConnected => h(&[1], true, (9, 12), true),
+        Op::Conv2d => h(&[1], true, (2, 5), false),
+        Op::DepthwiseConv2d => Hybrid {
             requires_per_channel: true,
             ..h(&[1], true, (6, 6), false)
         },
         // Inputs: output shape, weights, activation, bias.
-        TRANSPOSE_CONV => Hybrid {
+        Op::TransposeConv => Hybrid {
             activation: Some(2),
             ..h(&[1], true, (2, 2), false)
         },
-        BATCH_MATMUL => h(&[1], false, (4, 4), true),
+        Op::BatchMatmul => h(&[1], false, (4, 4), true),
         // Inputs: int32 ids, table: no float activation.
-        EMBEDDING_LOOKUP => Hybrid {
+        Op::EmbeddingLookup => Hybrid {
             activation: None,
             ..h(&[1], true, (1, 4), false)
         },
-        UNIDIRECTIONAL_SEQUENCE_LSTM => h(LSTM_SLOTS, false, (3, 3), true),
-        LSTM => h(LSTM_SLOTS, false, (4, 4), true),
-        BIDIRECTIONAL_SEQUENCE_LSTM => h(BIDI_LSTM_SLOTS, false, (3, 3), true),
-        SVDF => h(&[1, 2], false, (4, 4), true),
-        RNN | UNIDIRECTIONAL_SEQUENCE_RNN => h(&[1, 2], false, (3, 3), true),
+        Op::UnidirectionalSequenceLstm => h(LSTM_SLOTS, false, (3, 3), true),
+        Op::Lstm => h(LSTM_SLOTS, false, (4, 4), true),
+        Op::BidirectionalSequenceLstm => h(BIDI_LSTM_SLOTS, false, (3, 3), true),
+        Op::Svdf => h(&[1, 2], false, (4, 4), true),
+        Op::Rnn | Op::UnidirectionalSequenceRnn => h(&[1, 2], false, (3, 3), true),
         // Forward, backward, and the two auxiliary weight matrices.
-        BIDIRECTIONAL_SEQUENCE_RNN => h(&[1, 2, 5, 6, 10, 11], false, (3, 3), true),
+        Op::BidirectionalSequenceRnn => h(&[1, 2, 5, 6, 10, 11], false, (3, 3), true),
         _ => return None,
     })
 }
 
-/// Whether `code` is a control-flow operator (its inputs are passed to other subgraphs).
-pub fn is_control_flow(code: i32) -> bool {
-    matches!(code, op::WHILE | op::IF | op::CALL | op::CALL_ONCE)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The builtin code named `name` (case-insensitive), e.g. "fully_connected".
-pub fn code_by_name(name: &str) -> Option<i32> {
-    tflq_schema::BuiltinOperator::ENUM_VALUES
-        .iter()
-        .find(|c| {
-            c.variant_name()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })
-        .map(|c| c.0)
+    #[test]
+    fn every_variant_round_trips_through_its_schema_code() {
+        for &(op, code) in &CODES {
+            let back = Op::try_from(fb::BuiltinOperator(code)).unwrap();
+            assert_eq!(back, op);
+            assert_eq!(back.code(), code);
+            // The schema's own name for the code, independent of our table.
+            assert_eq!(
+                Some(op.name().as_str()),
+                fb::BuiltinOperator(code).variant_name()
+            );
+        }
+    }
+
+    #[test]
+    fn other_builtins_keep_their_code_and_unknown_codes_are_refused() {
+        // ADD is 0 and RELU6 is 21 in the schema.
+        assert_eq!(Op::try_from(fb::BuiltinOperator(0)), Ok(Op::Other(0)));
+        assert_eq!(Op::Other(21).name(), "RELU6");
+        assert_eq!(
+            Op::try_from(fb::BuiltinOperator(100_000)),
+            Err(UnknownOp(100_000))
+        );
+        assert_eq!(Op::by_name("fully_connected"), Some(Op::FullyConnected));
+        assert_eq!(Op::by_name("Add"), Some(Op::Other(0)));
+        assert_eq!(Op::by_name("no_such_op"), None);
+    }
 }

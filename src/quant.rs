@@ -25,6 +25,8 @@ pub struct QuantParams {
     /// Smallest code used: -128, or -127 for symmetric (narrow range) weights, which the
     /// runtime's hybrid kernels require.
     pub qmin: i32,
+    /// Largest code used: 127 for int8.
+    pub qmax: i32,
 }
 
 /// What a single pass over a tensor learns: its range and whether it can be quantized.
@@ -39,13 +41,15 @@ pub struct Range {
 }
 
 impl Range {
-    const EMPTY: Range = Range {
+    /// The range of no values.
+    pub const EMPTY: Range = Range {
         min: f32::INFINITY,
         max: f32::NEG_INFINITY,
         non_finite: 0,
     };
 
-    fn merge(self, other: Range) -> Range {
+    /// The range of the union of two sets of values.
+    pub fn merge(self, other: Range) -> Range {
         Range {
             min: self.min.min(other.min),
             max: self.max.max(other.max),
@@ -139,16 +143,19 @@ pub fn asymmetric_params(min: f32, max: f32) -> QuantParams {
                 scale: c,
                 zero_point: -128,
                 qmin: -128,
+                qmax: 127,
             },
             c if c < 0.0 => QuantParams {
                 scale: -c,
                 zero_point: 127,
                 qmin: -128,
+                qmax: 127,
             },
             _ => QuantParams {
                 scale: 1.0,
                 zero_point: -128,
                 qmin: -128,
+                qmax: 127,
             },
         };
     }
@@ -166,6 +173,7 @@ pub fn asymmetric_params(min: f32, max: f32) -> QuantParams {
         scale,
         zero_point,
         qmin: -128,
+        qmax: 127,
     }
 }
 
@@ -188,6 +196,7 @@ pub fn symmetric_params(min: f32, max: f32) -> QuantParams {
         scale,
         zero_point: 0,
         qmin: -127,
+        qmax: 127,
     }
 }
 
@@ -233,7 +242,7 @@ impl Stepper {
         Stepper {
             scale: p.scale,
             lo: (p.qmin - p.zero_point) as f32,
-            hi: (127 - p.zero_point) as f32,
+            hi: (p.qmax - p.zero_point) as f32,
         }
     }
 
@@ -332,7 +341,7 @@ pub fn error_stats(values: &[f32], codes: &[i8], p: QuantParams) -> ErrorStats {
 }
 
 /// Elements summed in f32 before the partial sums go into the f64 totals.
-const RUN: usize = 1024;
+pub(crate) const RUN: usize = 1024;
 
 /// Lanes of the error accumulators.
 const L: usize = 8;
@@ -352,7 +361,7 @@ fn run_stats(xs: &[f32], qs: &[i8], p: QuantParams, ys: &mut [f32]) -> ErrorStat
 
 /// The error statistics of values `xs` reconstructed as `ys`.
 #[inline(always)]
-fn sums(xs: &[f32], ys: &[f32]) -> ErrorStats {
+pub(crate) fn sums(xs: &[f32], ys: &[f32]) -> ErrorStats {
     let [mut s, mut n, mut m, mut r] = lane_sums(xs, ys);
     let tail = xs.len().min(ys.len()) / L * L;
     for (&x, &y) in xs[tail..].iter().zip(&ys[tail..]) {
@@ -430,7 +439,7 @@ fn lane_sums(xs: &[f32], ys: &[f32]) -> [[f32; L]; 4] {
 /// once and measured while it is in cache. The reconstructions come from the rounded steps
 /// (`k as f32` is exact and equals `dequantize`'s `(q - zero_point) as f32`), so that the
 /// codes are not read back.
-fn quantize_measured(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStats {
+pub(crate) fn quantize_measured(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStats {
     let step = Stepper::new(p);
     let mut recon = [0f32; RUN];
     let mut total = ErrorStats::default();
@@ -456,172 +465,6 @@ pub fn quantize_par(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStat
         .reduce(ErrorStats::default, ErrorStats::merge)
 }
 
-/// How one buffer's float32 values are stored in the output.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Encoding {
-    /// int8 codes with one scale and zero point.
-    PerTensor(QuantParams),
-    /// int8 codes with one scale and zero point per index along `axis` of the tensor.
-    PerChannel(PerChannel),
-    /// IEEE half precision; values beyond ±65504 are clamped to it, never infinity.
-    Float16,
-}
-
-/// Per-channel parameters and the geometry needed to find each element's channel.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PerChannel {
-    /// The quantized dimension.
-    pub axis: usize,
-    /// Product of the dimensions after `axis`: elements per run of one channel.
-    pub inner: usize,
-    /// One set of parameters per channel (`dims[axis]` of them).
-    pub params: Vec<QuantParams>,
-}
-
-impl PerChannel {
-    /// Channel of element `index` (row-major).
-    #[inline]
-    fn channel(&self, index: usize) -> usize {
-        (index / self.inner) % self.params.len()
-    }
-
-    /// Splits elements `first..first + len` into runs that share a channel.
-    fn runs(&self, first: usize, len: usize, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
-        let mut i = 0;
-        while i < len {
-            let g = first + i;
-            let end = (len).min(i + (self.inner - g % self.inner));
-            f(self.channel(g), i..end);
-            i = end;
-        }
-    }
-}
-
-/// Largest finite float16 value.
-pub const F16_MAX: f32 = 65504.0;
-
-impl Encoding {
-    /// Bytes per encoded element.
-    pub fn element_size(&self) -> usize {
-        match self {
-            Encoding::Float16 => 2,
-            _ => 1,
-        }
-    }
-
-    /// Encodes `values`, elements `first..first + values.len()` of the tensor, into `out`
-    /// (`values.len() * element_size()` bytes) and measures the error.
-    pub fn encode(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
-        match self {
-            Encoding::PerTensor(p) => {
-                let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
-                quantize_measured(values, *p, codes)
-            }
-            Encoding::PerChannel(pc) => {
-                let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
-                let mut stats = ErrorStats::default();
-                if pc.inner == 1 {
-                    // Last-axis channels (depthwise filters): the channel changes every element.
-                    for (i, (&x, q)) in values.iter().zip(codes.iter_mut()).enumerate() {
-                        let p = pc.params[pc.channel(first + i)];
-                        quantize_into(std::slice::from_ref(&x), p, std::slice::from_mut(q));
-                        stats = stats.merge(error_stats(&[x], std::slice::from_ref(q), p));
-                    }
-                } else {
-                    pc.runs(first, values.len(), |c, r| {
-                        let p = pc.params[c];
-                        stats =
-                            stats.merge(quantize_measured(&values[r.clone()], p, &mut codes[r]));
-                    });
-                }
-                stats
-            }
-            Encoding::Float16 => {
-                // Run by run: clamp, convert the whole run (half's slice conversion uses the
-                // F16C instructions when the CPU has them, else the same rounding in
-                // software), convert back for the reconstruction, and measure in lanes.
-                use half::slice::HalfFloatSliceExt;
-                let mut clamped = [0f32; RUN];
-                let mut halves = [half::f16::ZERO; RUN];
-                let mut recon = [0f32; RUN];
-                let mut stats = ErrorStats::default();
-                for (xs, os) in values.chunks(RUN).zip(out.chunks_mut(2 * RUN)) {
-                    let n = xs.len().min(os.len() / 2);
-                    let (xs, cs) = (&xs[..n], &mut clamped[..n]);
-                    for (c, &x) in cs.iter_mut().zip(xs) {
-                        *c = x.clamp(-F16_MAX, F16_MAX);
-                    }
-                    halves[..n].convert_from_f32_slice(cs);
-                    halves[..n].convert_to_f32_slice(&mut recon[..n]);
-                    for (o, h) in os.chunks_exact_mut(2).zip(&halves[..n]) {
-                        o.copy_from_slice(&h.to_le_bytes());
-                    }
-                    stats = stats.merge(sums(xs, &recon[..n]));
-                }
-                stats
-            }
-        }
-    }
-
-    /// [`Encoding::encode`] over all cores.
-    pub fn encode_par(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
-        use rayon::prelude::*;
-        let size = self.element_size();
-        values
-            .par_chunks(CHUNK)
-            .zip(out.par_chunks_mut(CHUNK * size))
-            .enumerate()
-            .map(|(k, (xs, os))| self.encode(xs, first + k * CHUNK, os))
-            .reduce(ErrorStats::default, ErrorStats::merge)
-    }
-
-    /// The value the encoded element `index` of `bytes` stands for.
-    pub fn decode(&self, bytes: &[u8], index: usize) -> f32 {
-        match self {
-            Encoding::PerTensor(p) => dequantize(bytes[index] as i8, *p),
-            Encoding::PerChannel(pc) => {
-                dequantize(bytes[index] as i8, pc.params[pc.channel(index)])
-            }
-            Encoding::Float16 => {
-                half::f16::from_le_bytes([bytes[2 * index], bytes[2 * index + 1]]).to_f32()
-            }
-        }
-    }
-}
-
-/// Range of each channel along `axis` of a tensor with dimensions `dims` (row-major).
-pub fn channel_ranges(values: &[f32], dims: &[usize], axis: usize) -> Vec<Range> {
-    use rayon::prelude::*;
-    let channels = dims[axis];
-    let inner: usize = dims[axis + 1..].iter().product();
-    let slab = channels * inner;
-    if slab == 0 || values.is_empty() {
-        return vec![Range::EMPTY; channels];
-    }
-    let merge_all = |mut a: Vec<Range>, b: Vec<Range>| {
-        for (x, y) in a.iter_mut().zip(b) {
-            *x = x.merge(y);
-        }
-        a
-    };
-    values
-        .par_chunks(slab)
-        .map(|slab| {
-            if inner == 1 {
-                let mut r = vec![Range::EMPTY; channels];
-                for row in slab.chunks(channels) {
-                    for (c, &x) in row.iter().enumerate() {
-                        r[c] = r[c].merge(scan_range(std::slice::from_ref(&x)));
-                    }
-                }
-                r
-            } else {
-                slab.chunks(inner).map(scan_range).collect()
-            }
-        })
-        .reduce(|| vec![Range::EMPTY; channels], merge_all)
-}
-
 /// Reads little-endian f32 values from raw tensor bytes into `out`.
 ///
 /// Model data is little-endian by definition; on little-endian targets with aligned data the
@@ -641,6 +484,18 @@ pub fn as_f32(bytes: &[u8]) -> Option<&[f32]> {
         bytemuck::try_cast_slice(bytes).ok()
     } else {
         None
+    }
+}
+
+/// Runs `f` over little-endian f32 data, borrowing it when aligned and copying otherwise.
+pub fn with_f32<R>(bytes: &[u8], f: impl FnOnce(&[f32]) -> R) -> R {
+    match as_f32(bytes) {
+        Some(values) => f(values),
+        None => {
+            let mut v = Vec::new();
+            f32_from_le(bytes, &mut v);
+            f(&v)
+        }
     }
 }
 
@@ -725,28 +580,6 @@ impl CodeUse {
             self.at_edges as f64 / self.count as f64
         }
     }
-}
-
-/// [`error_stats`] for codes with one parameter pair per channel: element `i` belongs to
-/// channel `(i / inner) % params.len()` (`inner`: product of the dimensions after the channel
-/// axis). One pair and any `inner` is the per-tensor case.
-pub fn error_stats_channels(
-    values: &[f32],
-    codes: &[i8],
-    params: &[QuantParams],
-    inner: usize,
-) -> ErrorStats {
-    let mut total = ErrorStats::default();
-    if params.len() <= 1 || inner == 0 {
-        if let Some(&p) = params.first() {
-            total = error_stats(values, codes, p);
-        }
-        return total;
-    }
-    for (run, (xs, qs)) in values.chunks(inner).zip(codes.chunks(inner)).enumerate() {
-        total = total.merge(error_stats(xs, qs, params[run % params.len()]));
-    }
-    total
 }
 
 #[cfg(test)]
@@ -869,28 +702,6 @@ mod tests {
         assert_eq!(CodeUse::from_histogram(&[0; 256], false).edge_share(), 0.0);
     }
 
-    #[test]
-    fn per_channel_stats_use_each_channel_s_parameters() {
-        // Shape [2, 3] quantized along axis 1 (inner 1) and along axis 0 (inner 3).
-        let values = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let codes = [1i8, 1, 1, 2, 2, 2];
-        let p = |s: f32| QuantParams {
-            scale: s,
-            zero_point: 0,
-            qmin: -128,
-        };
-        let cols = [p(1.0), p(2.0), p(3.0)];
-        let s = error_stats_channels(&values, &codes, &cols, 1);
-        // Reconstruction 1, 2, 3, 2, 4, 6: errors 0, 0, 0, 2, 1, 0.
-        assert_eq!((s.count, s.noise, s.max_abs), (6, 5.0, 2.0));
-        let rows = [p(1.0), p(2.5)];
-        let s = error_stats_channels(&values, &codes, &rows, 3);
-        // Reconstruction 1, 1, 1, 5, 5, 5: errors 0, 1, 2, 1, 0, 1.
-        assert_eq!((s.noise, s.max_abs), (7.0, 2.0));
-        let one = error_stats_channels(&values, &codes, &[p(1.0)], 7);
-        assert_eq!(one, error_stats(&values, &codes, p(1.0)));
-    }
-
     proptest! {
         #[test]
         fn every_value_comes_back_within_half_a_step(
@@ -949,26 +760,6 @@ mod tests {
         }
 
         #[test]
-        fn float16_encoding_converts_each_value_alone(
-            values in prop::collection::vec(
-                prop_oneof![-1e5f32..1e5, -1e-4f32..1e-4, -1e-7f32..1e-7, Just(65504.0),
-                    Just(-7e4), Just(f32::MAX), Just(0.0)],
-                0..2500,
-            ),
-        ) {
-            let mut out = vec![0u8; 2 * values.len()];
-            let stats = Encoding::Float16.encode(&values, 0, &mut out);
-            let mut noise = 0f64;
-            for (&x, o) in values.iter().zip(out.chunks_exact(2)) {
-                let h = half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
-                prop_assert_eq!(o, &h.to_le_bytes()[..], "x = {}", x);
-                noise += (f64::from(x) - f64::from(h.to_f32())).powi(2);
-            }
-            prop_assert_eq!(stats.count, values.len() as u64);
-            prop_assert!((stats.noise - noise).abs() <= 1e-5 * noise, "{} vs {noise}", stats.noise);
-        }
-
-        #[test]
         fn code_histogram_counts_every_code(codes in prop::collection::vec(any::<i8>(), 0..300)) {
             let mut want = [0u64; 256];
             for &q in &codes {
@@ -1015,45 +806,6 @@ mod tests {
         }
     }
 
-    /// Per-channel encoding equals per-tensor encoding of each channel's own slice, for any
-    /// axis and any block start (the streaming writer starts blocks anywhere).
-    #[test]
-    fn per_channel_is_per_tensor_on_each_channel() {
-        let dims = [3usize, 4, 5];
-        let values: Vec<f32> = (0..60)
-            .map(|i| ((i * 37 % 61) as f32 - 30.0) * (1.0 + (i % 4) as f32))
-            .collect();
-        for axis in 0..3 {
-            let ranges = channel_ranges(&values, &dims, axis);
-            let inner: usize = dims[axis + 1..].iter().product();
-            let params: Vec<_> = ranges
-                .iter()
-                .map(|r| asymmetric_params(r.min, r.max))
-                .collect();
-            let e = Encoding::PerChannel(PerChannel {
-                axis,
-                inner,
-                params: params.clone(),
-            });
-            let mut whole = vec![0u8; 60];
-            e.encode(&values, 0, &mut whole);
-            let mut pieces = vec![0u8; 60];
-            for (start, end) in [(0, 7), (7, 33), (33, 60)] {
-                e.encode(&values[start..end], start, &mut pieces[start..end]);
-            }
-            assert_eq!(whole, pieces, "axis {axis}");
-            for (i, &x) in values.iter().enumerate() {
-                let c = (i / inner) % dims[axis];
-                let mut q = [0i8];
-                quantize_into(&[x], params[c], &mut q);
-                assert_eq!(whole[i] as i8, q[0], "axis {axis} element {i}");
-                assert!((e.decode(&whole, i) - x).abs() <= params[c].scale * 0.5001);
-                // The channel's range is what the slice's own scan gives.
-                assert!(ranges[c].min <= x && x <= ranges[c].max);
-            }
-        }
-    }
-
     #[test]
     fn symmetric_codes_stay_within_127() {
         let values = [-3.0f32, -1.0, 0.0, 2.0, 2.9];
@@ -1066,16 +818,5 @@ mod tests {
         assert!(q.iter().all(|&c| c >= -127));
         let c = symmetric_params(-2.5, -2.5);
         assert_eq!(dequantize(-1, c), -2.5);
-    }
-
-    #[test]
-    fn float16_clamps_instead_of_overflowing() {
-        let values = [1e6f32, -1e9, 1.0, 65504.0, 1e-8];
-        let mut out = [0u8; 10];
-        let stats = Encoding::Float16.encode(&values, 0, &mut out);
-        let back: Vec<f32> = (0..5).map(|i| Encoding::Float16.decode(&out, i)).collect();
-        assert_eq!(&back[..4], &[65504.0, -65504.0, 1.0, 65504.0]);
-        assert!(back.iter().all(|v| v.is_finite()));
-        assert_eq!(stats.count, 5);
     }
 }

@@ -18,10 +18,12 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use serde::Serialize;
 use tflq_schema as fb;
 
+use crate::encoding::{Encoding, QuantSpec};
 use crate::error::{Error, ModelError};
-use crate::model::{Model, op};
+use crate::model::Model;
+use crate::ops::Op;
 use crate::plan::{LayoutPolicy, Plan};
-use crate::quant::{Encoding, ErrorStats};
+use crate::quant::ErrorStats;
 
 /// How buffer data is stored in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,12 +66,10 @@ enum Source {
 }
 
 impl Source {
-    fn len(&self, plan: &Plan) -> u64 {
+    fn len(&self, plan: &Plan<'_>) -> u64 {
         match self {
             Source::Copy(r) => r.len() as u64,
-            Source::Quantize(j) => {
-                plan.jobs[*j].elements * plan.jobs[*j].encoding.element_size() as u64
-            }
+            Source::Quantize(j) => plan.jobs()[*j].stored_bytes(),
         }
     }
 }
@@ -86,11 +86,22 @@ struct Block {
 /// Writes the model that `plan` describes to `out`. `out` receives the bytes in order; it is
 /// never sought, so a pipe works.
 pub fn write_model<W: Write>(
-    model: &Model<'_>,
-    plan: &Plan,
+    plan: &Plan<'_>,
     policy: LayoutPolicy,
     out: W,
 ) -> Result<Written, Error> {
+    write_model_limited(plan, policy, INLINE_LIMIT, out)
+}
+
+/// [`write_model`] with the size above which data moves after the flatbuffer as a parameter,
+/// so that tests can cross it without writing 2 GiB.
+fn write_model_limited<W: Write>(
+    plan: &Plan<'_>,
+    policy: LayoutPolicy,
+    inline_limit: u64,
+    out: W,
+) -> Result<Written, Error> {
+    let model = plan.model();
     let sources = buffer_sources(model, plan);
     let mut layout = match policy {
         LayoutPolicy::Auto => Layout::Inline,
@@ -99,7 +110,7 @@ pub fn write_model<W: Write>(
     let (skeleton, blocks, len) = loop {
         let skeleton = build_skeleton(model, plan, &sources, layout)?;
         let (blocks, len) = lay_out(skeleton.len() as u64, &sources, plan, layout);
-        if layout == Layout::Inline && len > INLINE_LIMIT {
+        if layout == Layout::Inline && len > inline_limit {
             layout = Layout::External;
             continue;
         }
@@ -115,13 +126,13 @@ pub fn write_model<W: Write>(
 }
 
 /// The source of every buffer's bytes in the output (`None`: no data).
-fn buffer_sources(model: &Model<'_>, plan: &Plan) -> Vec<Option<Source>> {
+fn buffer_sources(model: &Model<'_>, plan: &Plan<'_>) -> Vec<Option<Source>> {
     let mut sources: Vec<Option<Source>> = model
-        .buffers
+        .buffers()
         .iter()
         .map(|b| (!b.data.is_empty()).then(|| Source::Copy(b.data.clone())))
         .collect();
-    for (j, job) in plan.jobs.iter().enumerate() {
+    for (j, job) in plan.jobs().iter().enumerate() {
         sources[job.buffer as usize] = Some(Source::Quantize(j));
     }
     sources
@@ -136,95 +147,61 @@ fn too_big(what: &str) -> Error {
 
 fn build_skeleton(
     model: &Model<'_>,
-    plan: &Plan,
+    plan: &Plan<'_>,
     sources: &[Option<Source>],
     layout: Layout,
 ) -> Result<Vec<u8>, Error> {
-    let root = &model.root;
+    let root = model.root();
     let mut codes: Vec<fb::OperatorCodeT> = root
         .operator_codes()
         .into_iter()
         .flatten()
         .map(|c| c.unpack())
         .collect();
-    let readers = &plan.readers;
-    // Per subgraph: (tensor, job, whether it needs the DEQUANTIZE path).
-    let mut per_subgraph: Vec<Vec<(usize, usize, bool)>> = vec![Vec::new(); model.subgraphs.len()];
-    let mut dq_version = 0;
-    for (j, job) in plan.jobs.iter().enumerate() {
+    // Per subgraph: (tensor, job index, user), in job order.
+    let mut per_subgraph: Vec<Vec<(usize, usize, &crate::plan::User)>> =
+        vec![Vec::new(); model.subgraphs().len()];
+    for (j, job) in plan.jobs().iter().enumerate() {
         for u in &job.users {
-            let r = &readers[u.subgraph][u.tensor];
-            let ops = &model.subgraphs[u.subgraph].ops;
-            let all_hybrid = !r.is_empty()
-                && r.iter()
-                    .all(|&(oi, slot)| plan.reads_int8(u.subgraph, oi, ops[oi].code, slot));
-            let is_output = model.subgraphs[u.subgraph]
-                .outputs
-                .contains(&(u.tensor as i32));
-            let needs_dq = !all_hybrid || is_output;
-            if needs_dq {
-                dq_version = dq_version.max(dequantize_version(&job.encoding));
-            }
-            per_subgraph[u.subgraph].push((u.tensor, j, needs_dq));
+            per_subgraph[u.tensor.subgraph].push((u.tensor.tensor, j, u));
         }
     }
-    let dequantize = if dq_version == 0 {
-        0
-    } else {
-        dequantize_opcode(&mut codes, model, dq_version)?
+    let dequantize = match plan.dequantize_version() {
+        None => 0,
+        Some(version) => dequantize_opcode(&mut codes, model, version)?,
     };
-    for h in &plan.hybrid_ops {
-        let o = &model.subgraphs[h.subgraph].ops[h.op];
-        let Some(spec) = crate::ops::hybrid(o.code) else {
-            continue;
-        };
-        let tensors = &model.subgraphs[h.subgraph].tensors;
-        let per_channel = spec.slots.iter().any(|&slot| {
-            o.inputs
-                .get(slot)
-                .and_then(|&t| tensors.get(usize::try_from(t).ok()?))
-                .and_then(|t| plan.job_of(t.buffer))
-                .is_some_and(|j| matches!(j.encoding, Encoding::PerChannel(_)))
-        });
-        let version = if per_channel {
-            spec.version.1
-        } else {
-            spec.version.0
-        };
+    for (h, spec) in plan.hybrid_ops() {
+        let o = &model.subgraphs()[h.subgraph].ops[h.op];
         if let Some(c) = codes.get_mut(o.opcode as usize) {
-            c.version = c.version.max(version);
+            c.version = c.version.max(spec.version);
         }
     }
 
-    let mut fbb = FlatBufferBuilder::with_capacity(model.bytes.len().min(64 << 20) / 4 + 4096);
-    let mut subgraphs = Vec::with_capacity(model.subgraphs.len());
+    let mut fbb = FlatBufferBuilder::with_capacity(model.bytes().len().min(64 << 20) / 4 + 4096);
+    let mut subgraphs = Vec::with_capacity(model.subgraphs().len());
     for (si, sg) in root.subgraphs().into_iter().flatten().enumerate() {
         let mut sg = sg.unpack();
         let tensors = sg.tensors.get_or_insert_with(Vec::new);
         let operators = sg.operators.get_or_insert_with(Vec::new);
         let mut new_ops = Vec::with_capacity(per_subgraph[si].len());
-        for &(ti, j, needs_dq) in &per_subgraph[si] {
-            let job = &plan.jobs[j];
+        for &(ti, j, user) in &per_subgraph[si] {
+            let job = &plan.jobs()[j];
             let float = &mut tensors[ti];
-            if !needs_dq {
-                // Only hybrid kernels read it: the tensor itself becomes the int8 weight.
-                float.type_ = encoded_type(&job.encoding);
+            if !user.dequantize {
+                // Only hybrid kernels read it: the tensor itself becomes the stored weight.
+                float.type_ = fb::TensorType(job.encoding.dtype().0);
                 float.quantization = quantization(&job.encoding);
                 continue;
             }
             let buffer = std::mem::take(&mut float.buffer);
             let mut twin = fb::TensorT::default();
             twin.shape = float.shape.clone();
-            twin.type_ = encoded_type(&job.encoding);
+            twin.type_ = fb::TensorType(job.encoding.dtype().0);
             twin.buffer = buffer;
-            let suffix = if job.encoding == Encoding::Float16 {
-                "fp16"
-            } else {
-                "int8"
-            };
             twin.name = Some(format!(
-                "{}_{suffix}",
-                float.name.as_deref().unwrap_or("tensor")
+                "{}_{}",
+                float.name.as_deref().unwrap_or("tensor"),
+                job.encoding.suffix()
             ));
             twin.quantization = quantization(&job.encoding);
             twin.shape_signature = float.shape_signature.clone();
@@ -232,13 +209,11 @@ fn build_skeleton(
             let index =
                 i32::try_from(tensors.len()).map_err(|_| too_big("more than 2^31 tensors"))?;
             tensors.push(twin);
-            // Hybrid readers take the int8 twin directly; the others read the DEQUANTIZE output.
-            for &(oi, slot) in &readers[si][ti] {
-                if plan.reads_int8(si, oi, model.subgraphs[si].ops[oi].code, slot) {
-                    if let Some(input) = operators[oi].inputs.as_mut().and_then(|v| v.get_mut(slot))
-                    {
-                        *input = index;
-                    }
+            // Hybrid readers take the stored twin directly; the others read the DEQUANTIZE
+            // output.
+            for &(oi, slot) in &user.direct {
+                if let Some(input) = operators[oi].inputs.as_mut().and_then(|v| v.get_mut(slot)) {
+                    *input = index;
                 }
             }
             let mut dq = fb::OperatorT::default();
@@ -247,11 +222,18 @@ fn build_skeleton(
             dq.outputs = Some(vec![ti as i32]);
             new_ops.push(dq);
         }
-        for (oi, o) in operators.iter_mut().enumerate() {
-            if plan.is_hybrid(si, oi) {
-                let code = model.subgraphs[si].ops[oi].code;
-                if crate::ops::hybrid(code).is_some_and(|h| h.asymmetric_inputs) {
-                    set_asymmetric_inputs(o);
+        for (h, spec) in plan.hybrid_ops().range(
+            crate::model::OpRef {
+                subgraph: si,
+                op: 0,
+            }..=crate::model::OpRef {
+                subgraph: si,
+                op: usize::MAX,
+            },
+        ) {
+            if spec.asymmetric_inputs {
+                if let Some(o) = operators.get_mut(h.op) {
+                    set_asymmetric_inputs(o, spec.op);
                 }
             }
         }
@@ -337,8 +319,8 @@ fn dequantize_opcode(
     model: &Model<'_>,
     version: i32,
 ) -> Result<u32, Error> {
-    let existing = model.opcodes.iter().enumerate().position(|(i, &c)| {
-        c == op::DEQUANTIZE && codes.get(i).is_some_and(|c| c.custom_code.is_none())
+    let existing = model.opcodes().iter().enumerate().position(|(i, &c)| {
+        c == Op::Dequantize && codes.get(i).is_some_and(|c| c.custom_code.is_none())
     });
     let index = match existing {
         Some(i) => {
@@ -348,7 +330,7 @@ fn dequantize_opcode(
         None => {
             let mut code = fb::OperatorCodeT::default();
             // Codes below 127 go in both fields: old readers only know the first.
-            code.deprecated_builtin_code = op::DEQUANTIZE as i8;
+            code.deprecated_builtin_code = Op::Dequantize.code() as i8;
             code.builtin_code = fb::BuiltinOperator::DEQUANTIZE;
             code.version = version;
             codes.push(code);
@@ -358,45 +340,43 @@ fn dequantize_opcode(
     u32::try_from(index).map_err(|_| too_big("too many operator codes"))
 }
 
-/// The DEQUANTIZE version the converter writes for this input: 2 for int8, 3 for float16,
-/// 5 for per-channel int8.
-fn dequantize_version(e: &Encoding) -> i32 {
-    match e {
-        Encoding::PerTensor(_) => 2,
-        Encoding::Float16 => 3,
-        Encoding::PerChannel(_) => 5,
-    }
-}
-
-fn encoded_type(e: &Encoding) -> fb::TensorType {
-    match e {
-        Encoding::Float16 => fb::TensorType::FLOAT16,
-        Encoding::PerTensor(_) | Encoding::PerChannel(_) => fb::TensorType::INT8,
-    }
-}
-
 /// The tensor's quantization parameters for an encoding (none for float16).
 fn quantization(e: &Encoding) -> Option<Box<fb::QuantizationParametersT>> {
+    let QuantSpec {
+        scales,
+        zero_points,
+        axis,
+    } = e.quant_spec()?;
     let mut q = fb::QuantizationParametersT::default();
-    match e {
-        Encoding::Float16 => return None,
-        Encoding::PerTensor(p) => {
-            q.scale = Some(vec![p.scale]);
-            q.zero_point = Some(vec![i64::from(p.zero_point)]);
-        }
-        Encoding::PerChannel(pc) => {
-            q.scale = Some(pc.params.iter().map(|p| p.scale).collect());
-            q.zero_point = Some(pc.params.iter().map(|p| i64::from(p.zero_point)).collect());
-            q.quantized_dimension = pc.axis as i32;
-        }
-    }
+    q.scale = Some(scales);
+    q.zero_point = Some(zero_points);
+    q.quantized_dimension = axis as i32;
     Some(Box::new(q))
 }
 
 /// Turns on `asymmetric_quantize_inputs` in a hybrid operator's options, creating the
-/// options table when the model left it out.
-fn set_asymmetric_inputs(o: &mut fb::OperatorT) {
+/// options table (with the schema's defaults, which is what the runtime reads for a missing
+/// table) when the model left it out.
+fn set_asymmetric_inputs(o: &mut fb::OperatorT, op: Op) {
     use fb::BuiltinOptionsT as B;
+    if matches!(o.builtin_options, B::NONE) {
+        o.builtin_options = match op {
+            Op::FullyConnected => B::FullyConnectedOptions(Default::default()),
+            Op::BatchMatmul => B::BatchMatMulOptions(Default::default()),
+            Op::Lstm => B::LSTMOptions(Default::default()),
+            Op::UnidirectionalSequenceLstm => {
+                B::UnidirectionalSequenceLSTMOptions(Default::default())
+            }
+            Op::BidirectionalSequenceLstm => {
+                B::BidirectionalSequenceLSTMOptions(Default::default())
+            }
+            Op::Svdf => B::SVDFOptions(Default::default()),
+            Op::Rnn => B::RNNOptions(Default::default()),
+            Op::UnidirectionalSequenceRnn => B::SequenceRNNOptions(Default::default()),
+            Op::BidirectionalSequenceRnn => B::BidirectionalSequenceRNNOptions(Default::default()),
+            _ => B::NONE,
+        };
+    }
     match &mut o.builtin_options {
         B::FullyConnectedOptions(x) => x.asymmetric_quantize_inputs = true,
         B::BatchMatMulOptions(x) => x.asymmetric_quantize_inputs = true,
@@ -428,7 +408,7 @@ fn inline_large_custom_options(model: &Model<'_>, o: &mut fb::OperatorT) -> Resu
     let start = usize::try_from(o.large_custom_options_offset).map_err(|_| bad())?;
     let len = usize::try_from(o.large_custom_options_size).map_err(|_| bad())?;
     let bytes = model
-        .bytes
+        .bytes()
         .get(start..start.checked_add(len).ok_or_else(bad)?)
         .ok_or_else(bad)?;
     o.custom_options = Some(bytes.to_vec());
@@ -446,7 +426,7 @@ fn align_up(x: u64, a: u64) -> u64 {
 fn lay_out(
     skeleton_len: u64,
     sources: &[Option<Source>],
-    plan: &Plan,
+    plan: &Plan<'_>,
     layout: Layout,
 ) -> (Vec<Block>, u64) {
     let prefix = if layout == Layout::Inline { 4 } else { 0 };
@@ -469,7 +449,7 @@ fn lay_out(
 fn patch(
     mut skeleton: Vec<u8>,
     blocks: &[Block],
-    plan: &Plan,
+    plan: &Plan<'_>,
     layout: Layout,
 ) -> Result<Vec<u8>, Error> {
     let mut writes: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -514,14 +494,14 @@ fn patch(
 /// statistics of each plan job.
 fn stream<W: Write>(
     model: &Model<'_>,
-    plan: &Plan,
+    plan: &Plan<'_>,
     skeleton: &[u8],
     blocks: &[Block],
     layout: Layout,
     out: W,
 ) -> std::io::Result<(u64, Vec<ErrorStats>)> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
-    let mut stats = vec![ErrorStats::default(); plan.jobs.len()];
+    let mut stats = vec![ErrorStats::default(); plan.jobs().len()];
     out.write_all(skeleton)?;
     let mut pos = skeleton.len() as u64;
     let zeros = [0u8; 32];
@@ -539,9 +519,9 @@ fn stream<W: Write>(
             out.write_all(&(len as u32).to_le_bytes())?;
         }
         match &b.source {
-            Source::Copy(range) => out.write_all(&model.bytes[range.clone()])?,
+            Source::Copy(range) => out.write_all(&model.bytes()[range.clone()])?,
             Source::Quantize(j) => {
-                let job = &plan.jobs[*j];
+                let job = &plan.jobs()[*j];
                 let data = model.buffer_data(job.buffer);
                 stats[*j] = write_encoded(data, &job.encoding, &mut out, &mut codes)?;
             }
@@ -594,6 +574,6 @@ fn write_encoded<W: Write>(
 /// `out` (resized to fit).
 fn encode_block(bytes: &[u8], first: usize, encoding: &Encoding, out: &mut Vec<u8>) -> ErrorStats {
     let n = bytes.len() / 4;
-    out.resize(n * encoding.element_size(), 0);
-    crate::plan::with_f32(bytes, |values| encoding.encode_par(values, first, out))
+    out.resize(encoding.bytes_for(n as u64) as usize, 0);
+    crate::quant::with_f32(bytes, |values| encoding.encode_par(values, first, out))
 }

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::model::Model;
 use crate::plan::{Plan, SkipReason};
-use crate::quant::Encoding;
 use crate::report::format::human;
 use crate::rewrite::{Layout, Written};
 
@@ -91,27 +89,19 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub(crate) fn new(model: &Model<'_>, plan: &Plan, written: Option<&Written>) -> Summary {
-        let name = |s: usize, t: usize| model.subgraphs[s].tensors[t].name.clone();
-        let readers = &plan.readers;
+    pub(crate) fn new(plan: &Plan<'_>, written: Option<&Written>) -> Summary {
+        let model = plan.model();
+        let name = |s: usize, t: usize| model.subgraphs()[s].tensors[t].name.clone();
         let mut quantized = Vec::new();
-        for (j, job) in plan.jobs.iter().enumerate() {
+        for (j, job) in plan.jobs().iter().enumerate() {
             let stats = written
                 .and_then(|w| w.stats.get(j))
                 .copied()
                 .unwrap_or_default();
-            let (encoding, scale, zero_point, axis, channels) = match &job.encoding {
-                Encoding::PerTensor(p) => ("int8", Some(p.scale), Some(p.zero_point), None, None),
-                Encoding::PerChannel(pc) => (
-                    "int8_per_channel",
-                    None,
-                    None,
-                    Some(pc.axis),
-                    Some(pc.params.len()),
-                ),
-                Encoding::Float16 => ("float16", None, None, None, None),
-            };
-            for u in &job.users {
+            let per_tensor = job.encoding.per_tensor();
+            let channels = job.encoding.channels();
+            for user in &job.users {
+                let u = user.tensor;
                 let sqnr = stats.sqnr_db();
                 quantized.push(QuantizedTensor {
                     subgraph: u.subgraph,
@@ -121,15 +111,12 @@ impl Summary {
                     elements: job.elements,
                     min: job.min,
                     max: job.max,
-                    encoding,
-                    scale,
-                    zero_point,
-                    axis,
-                    channels,
-                    hybrid: readers[u.subgraph][u.tensor].iter().any(|&(oi, slot)| {
-                        let code = model.subgraphs[u.subgraph].ops[oi].code;
-                        plan.reads_int8(u.subgraph, oi, code, slot)
-                    }),
+                    encoding: job.encoding.name(),
+                    scale: per_tensor.map(|p| p.scale),
+                    zero_point: per_tensor.map(|p| p.zero_point),
+                    axis: channels.map(|c| c.0),
+                    channels: channels.map(|c| c.1),
+                    hybrid: !user.direct.is_empty(),
                     per_channel_fallback: job.per_channel_fallback.clone(),
                     sqnr_db: sqnr.is_finite().then_some(sqnr),
                     max_abs_error: stats.max_abs,
@@ -138,9 +125,9 @@ impl Summary {
         }
         quantized.sort_by_key(|q| (q.subgraph, q.tensor));
         let mut warnings = Vec::new();
-        if !plan.clamped.is_empty() {
+        if !plan.clamped().is_empty() {
             let names: Vec<String> = plan
-                .clamped
+                .clamped()
                 .iter()
                 .map(|r| format!("{:?}", name(r.subgraph, r.tensor)))
                 .collect();
@@ -150,7 +137,7 @@ impl Summary {
             ));
         }
         let skipped: Vec<SkippedTensor> = plan
-            .skipped
+            .skipped()
             .iter()
             .map(|(r, reason)| {
                 let n = name(r.subgraph, r.tensor);
@@ -169,15 +156,15 @@ impl Summary {
                 }
             })
             .collect();
-        let mut used = vec![false; model.buffers.len()];
-        for sg in &model.subgraphs {
+        let mut used = vec![false; model.buffers().len()];
+        for sg in model.subgraphs() {
             for t in &sg.tensors {
                 used[t.buffer as usize] = true;
             }
         }
         // Buffer 0 is the empty sentinel: a tensor pointing at it has no data, whatever it holds.
         let weight_bytes_before: u64 = model
-            .buffers
+            .buffers()
             .iter()
             .zip(&used)
             .skip(1)
@@ -185,14 +172,14 @@ impl Summary {
             .map(|(b, _)| b.data.len() as u64)
             .sum();
         let saved: u64 = if written.is_some() {
-            plan.jobs
+            plan.jobs()
                 .iter()
-                .map(|j| j.elements * (4 - j.encoding.element_size() as u64))
+                .map(|j| 4 * j.elements - j.stored_bytes())
                 .sum()
         } else {
             0
         };
-        let input_bytes = model.bytes.len() as u64;
+        let input_bytes = model.bytes().len() as u64;
         Summary {
             changed: written.is_some(),
             input_bytes,

@@ -66,11 +66,11 @@ enum LayoutArg {
     External,
 }
 
-fn op_codes(names: &[String], flag: &str) -> Result<Vec<i32>> {
+fn op_codes(names: &[String], flag: &str) -> Result<Vec<tflq::ops::Op>> {
     names
         .iter()
         .filter(|n| !n.trim().is_empty())
-        .map(|n| match tflq::ops::code_by_name(n.trim()) {
+        .map(|n| match tflq::ops::Op::by_name(n.trim()) {
             Some(c) => Ok(c),
             None => {
                 bail!("{flag}: unknown operator {n:?} (use builtin names such as FULLY_CONNECTED)")

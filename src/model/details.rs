@@ -105,7 +105,7 @@ fn as_text(bytes: &[u8]) -> Option<String> {
 
 /// Reads the description, metadata, signatures and quantization parameters of `model`.
 pub fn details(model: &Model<'_>) -> Details {
-    let root = &model.root;
+    let root = model.root();
     let metadata = root
         .metadata()
         .into_iter()

@@ -23,14 +23,15 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::analyze::{Meter, Scheme};
+use super::analyze::Meter;
 use super::{
     Consumer, QuantizedTensor, Report, ReportOptions, SchemeSummary, SkippedRow, consumers, row,
 };
+use crate::encoding::{Bits, Codes, Geometry};
 use crate::model::details::{self, Quantization};
-use crate::model::{DType, Model, SubgraphInfo, TensorInfo, op};
-use crate::plan::with_f32;
-use crate::quant::{self, QuantParams};
+use crate::model::{DType, Model, SubgraphInfo, TensorInfo};
+use crate::ops::Op;
+use crate::quant::{self, QuantParams, with_f32};
 
 /// How a quantized tensor was matched with its float original.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -87,7 +88,7 @@ fn real_ops(model: &Model<'_>, sg: &SubgraphInfo) -> Vec<usize> {
     (0..sg.ops.len())
         .filter(|&i| {
             let o = &sg.ops[i];
-            !(o.code == op::DEQUANTIZE
+            !(o.op == Op::Dequantize
                 && o.inputs
                     .first()
                     .and_then(|&t| tensor(sg, t))
@@ -141,7 +142,7 @@ fn line_up(
 }
 
 /// Parameters of a quantized tensor checked against its shape.
-fn scheme(q: &Quantization, t: &TensorInfo) -> Result<Scheme, String> {
+fn scheme(q: &Quantization, t: &TensorInfo) -> Result<Codes, String> {
     let n = q.scale.len();
     if n == 0 {
         return Err("quantization parameters have no scale".into());
@@ -162,29 +163,29 @@ fn scheme(q: &Quantization, t: &TensorInfo) -> Result<Scheme, String> {
             scale,
             zero_point: zp as i32,
             qmin: -128,
+            qmax: 127,
         });
     }
-    if n == 1 {
-        return Ok(Scheme::per_tensor(params[0]));
-    }
-    let axis = usize::try_from(q.axis)
-        .ok()
-        .filter(|&a| a < t.shape.len())
-        .ok_or_else(|| format!("channel axis {} is outside shape {:?}", q.axis, t.shape))?;
-    if t.shape[axis] as usize != n {
-        return Err(format!(
-            "{n} scales along axis {axis}, but shape {:?} has {} channels there",
-            t.shape, t.shape[axis]
-        ));
-    }
-    let inner = t.shape[axis + 1..]
-        .iter()
-        .map(|&d| d as usize)
-        .product::<usize>();
-    Ok(Scheme {
+    let geometry = if n == 1 {
+        Geometry::Tensor
+    } else {
+        let axis = usize::try_from(q.axis)
+            .ok()
+            .filter(|&a| a < t.shape.len())
+            .ok_or_else(|| format!("channel axis {} is outside shape {:?}", q.axis, t.shape))?;
+        if t.shape[axis] as usize != n {
+            return Err(format!(
+                "{n} scales along axis {axis}, but shape {:?} has {} channels there",
+                t.shape, t.shape[axis]
+            ));
+        }
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d.max(0) as usize).collect();
+        Geometry::channels(&dims, axis)
+    };
+    Ok(Codes {
+        bits: Bits::Eight,
+        geometry,
         params,
-        axis: Some(axis),
-        inner,
     })
 }
 
@@ -199,7 +200,7 @@ fn find(
     aligned: &[Option<usize>],
     qcons: &[Vec<Consumer>],
 ) -> Option<(usize, MatchedBy)> {
-    let (f, q) = (&fm.subgraphs[s], &qm.subgraphs[s]);
+    let (f, q) = (&fm.subgraphs()[s], &qm.subgraphs()[s]);
     let t = &q.tensors[ti];
     let fits = |fi: usize| {
         f.tensors.get(fi).is_some_and(|c| {
@@ -215,7 +216,7 @@ fn find(
     };
     // 1. Through DEQUANTIZE.
     for o in &q.ops {
-        if o.code != op::DEQUANTIZE || o.inputs.first() != Some(&(ti as i32)) {
+        if o.op != Op::Dequantize || o.inputs.first() != Some(&(ti as i32)) {
             continue;
         }
         let Some((out, out_t)) = o.outputs.first().and_then(|&x| tensor(q, x)) else {
@@ -233,7 +234,7 @@ fn find(
         return Some((fi, MatchedBy::InputSlot));
     }
     // 3. Through the buffer, when the numbering of buffers was kept.
-    if fm.buffers.len() == qm.buffers.len() {
+    if fm.buffers().len() == qm.buffers().len() {
         let mut hits =
             (0..f.tensors.len()).filter(|&fi| f.tensors[fi].buffer == t.buffer && fits(fi));
         if let (Some(fi), None) = (hits.next(), hits.next()) {
@@ -254,16 +255,16 @@ fn find(
 /// Measures every constant INT8 tensor of `quantized` against its float original in `float`.
 pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -> Report {
     let qd = details::details(quantized);
-    let fcons: Vec<_> = float.subgraphs.iter().map(consumers).collect();
+    let fcons: Vec<_> = float.subgraphs().iter().map(consumers).collect();
     let mut rows = Vec::new();
     let mut unmatched = Vec::new();
-    let mut matched = vec![Vec::<bool>::new(); float.subgraphs.len()];
-    for (s, f) in float.subgraphs.iter().enumerate() {
+    let mut matched = vec![Vec::<bool>::new(); float.subgraphs().len()];
+    for (s, f) in float.subgraphs().iter().enumerate() {
         matched[s] = vec![false; f.tensors.len()];
     }
-    for (s, q) in quantized.subgraphs.iter().enumerate() {
+    for (s, q) in quantized.subgraphs().iter().enumerate() {
         let qcons = consumers(q);
-        let f = float.subgraphs.get(s);
+        let f = float.subgraphs().get(s);
         let aligned = f.map(|f| line_up(float, f, quantized, q));
         for (ti, t) in q.tensors.iter().enumerate() {
             let Some(qp) = qd.quantization(s, ti) else {
@@ -311,7 +312,7 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
                 ));
                 continue;
             };
-            let ft = &float.subgraphs[s].tensors[fi];
+            let ft = &float.subgraphs()[s].tensors[fi];
             let measured = with_f32(float.buffer_data(ft.buffer), |values| {
                 let range = quant::scan_range_par(values);
                 if range.non_finite > 0 {
@@ -353,7 +354,7 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
         }
     }
     let mut skipped = Vec::new();
-    for (s, f) in float.subgraphs.iter().enumerate() {
+    for (s, f) in float.subgraphs().iter().enumerate() {
         for (ti, t) in f.tensors.iter().enumerate() {
             if t.dtype == DType::FLOAT32
                 && !t.is_variable

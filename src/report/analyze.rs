@@ -4,78 +4,23 @@
 //! or from a model written by any tool; either way the error statistics come from
 //! [`quant::error_stats`] and its per-channel form, the one place the math lives.
 
+use crate::encoding::Codes;
 use crate::plan::BufferJob;
-use crate::quant::{self, CodeUse, Encoding, ErrorStats, QuantParams};
+use crate::quant::{self, CodeUse, ErrorStats};
 
 /// Bins of the weight histogram in the HTML report.
 pub const VALUE_BINS: usize = 80;
 /// Bins of the error histogram in the HTML report.
 pub const ERROR_BINS: usize = 60;
 
-/// The parameters of one tensor as a report sees them: one pair per channel.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scheme {
-    /// One pair (per-tensor) or one per channel.
-    pub params: Vec<QuantParams>,
-    /// Channel axis, for per-channel parameters.
-    pub axis: Option<usize>,
-    /// Elements of one channel run: product of the dimensions after the axis (1 per-tensor).
-    pub inner: usize,
-}
-
-impl Scheme {
-    /// One pair for the whole tensor.
-    pub fn per_tensor(p: QuantParams) -> Scheme {
-        Scheme {
-            params: vec![p],
-            axis: None,
-            inner: 1,
-        }
-    }
-
-    /// Every zero point is 0.
-    pub fn symmetric(&self) -> bool {
-        self.params.iter().all(|p| p.zero_point == 0)
-    }
-
-    /// Parameters of element `i`.
-    fn of(&self, i: usize) -> QuantParams {
-        let n = self.params.len();
-        if n <= 1 {
-            self.params[0]
-        } else {
-            self.params[(i / self.inner.max(1)) % n]
-        }
-    }
-
-    /// Largest scale, and the channel it belongs to.
-    pub fn widest(&self) -> (usize, QuantParams) {
-        let mut best = (0, self.params[0]);
-        for (c, p) in self.params.iter().enumerate() {
-            if p.scale > best.1.scale {
-                best = (c, *p);
-            }
-        }
-        best
-    }
-}
-
-/// The int8 scheme of a plan job (`None` for float16, which has no codes to measure).
-pub fn job_scheme(job: &BufferJob) -> Option<Scheme> {
-    match &job.encoding {
-        Encoding::PerTensor(p) => Some(Scheme::per_tensor(*p)),
-        Encoding::PerChannel(pc) => Some(Scheme {
-            params: pc.params.clone(),
-            axis: Some(pc.axis),
-            inner: pc.inner,
-        }),
-        Encoding::Float16 => None,
-    }
+/// The int8 codes of a plan job (`None` for float16, which has no codes to measure).
+pub fn job_codes(job: &BufferJob) -> Option<&Codes> {
+    job.encoding.codes()
 }
 
 /// Quantizes `values`, the block of the job's buffer starting at element `first`, into
-/// `codes` exactly as the rewriter does ([`Encoding::encode_par`]), and returns the error
-/// statistics of the block.
+/// `codes` exactly as the rewriter does ([`crate::encoding::Encoding::encode_par`]), and
+/// returns the error statistics of the block.
 pub fn quantize_job(values: &[f32], first: usize, job: &BufferJob, codes: &mut [i8]) -> ErrorStats {
     job.encoding
         .encode_par(values, first, bytemuck::cast_slice_mut(codes))
@@ -113,7 +58,7 @@ pub struct Measured {
 
 /// Accumulates the measurements of one tensor over its blocks, in order.
 pub struct Meter<'s> {
-    scheme: &'s Scheme,
+    scheme: &'s Codes,
     stats: ErrorStats,
     codes: [u64; 256],
     histograms: Option<Histograms>,
@@ -123,7 +68,7 @@ pub struct Meter<'s> {
 
 impl<'s> Meter<'s> {
     /// A meter for a tensor whose finite values span `min..=max`.
-    pub fn new(scheme: &'s Scheme, min: f32, max: f32, histograms: bool) -> Meter<'s> {
+    pub fn new(scheme: &'s Codes, min: f32, max: f32, histograms: bool) -> Meter<'s> {
         let histograms = histograms.then(|| {
             let (c, p) = scheme.widest();
             let grid = (-128i8..=127)
@@ -152,25 +97,7 @@ impl<'s> Meter<'s> {
     /// Adds the next block. `stats` are the block's statistics when the quantizer already
     /// computed them; otherwise they are computed here.
     pub fn add(&mut self, values: &[f32], codes: &[i8], stats: Option<ErrorStats>) {
-        let stats = stats.unwrap_or_else(|| {
-            if self.seen == 0 {
-                quant::error_stats_channels(values, codes, &self.scheme.params, self.scheme.inner)
-            } else {
-                // Mid-tensor blocks: channel runs may start anywhere, go element by element.
-                values
-                    .iter()
-                    .zip(codes)
-                    .enumerate()
-                    .map(|(i, (x, q))| {
-                        quant::error_stats(
-                            std::slice::from_ref(x),
-                            std::slice::from_ref(q),
-                            self.scheme.of(self.seen + i),
-                        )
-                    })
-                    .fold(ErrorStats::default(), ErrorStats::merge)
-            }
-        });
+        let stats = stats.unwrap_or_else(|| self.scheme.error_stats(values, codes, self.seen));
         self.stats = self.stats.merge(stats);
         let h = quant::code_histogram(codes);
         for (a, b) in self.codes.iter_mut().zip(h) {
@@ -181,8 +108,8 @@ impl<'s> Meter<'s> {
             let width = f64::from(hi) - f64::from(lo);
             for (i, (&x, &q)) in values.iter().zip(codes).enumerate() {
                 hist.values[bin(f64::from(x) - f64::from(lo), width, VALUE_BINS)] += 1;
-                let e =
-                    f64::from(x) - f64::from(quant::dequantize(q, self.scheme.of(self.seen + i)));
+                let p = self.scheme.params[self.scheme.geometry.group_of(self.seen + i)];
+                let e = f64::from(x) - f64::from(quant::dequantize(q, p));
                 // A hair over half a step is float rounding, not clamping.
                 if e.abs() > hist.half_step * 1.001 {
                     hist.errors_outside += 1;
@@ -221,12 +148,15 @@ fn bin(offset: f64, width: f64, bins: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encoding::{Bits, Geometry};
+    use crate::quant::QuantParams;
 
     fn p(scale: f32, zero_point: i32) -> QuantParams {
         QuantParams {
             scale,
             zero_point,
             qmin: -128,
+            qmax: 127,
         }
     }
 
@@ -242,16 +172,20 @@ mod tests {
     #[test]
     fn blocks_add_up_to_the_whole_tensor() {
         // Per-channel along the last axis of a [4, 3] tensor: block boundaries cut runs.
-        let scheme = Scheme {
+        let scheme = Codes {
+            bits: Bits::Eight,
             params: vec![p(0.1, 0), p(0.2, 0), p(0.05, 0)],
-            axis: Some(1),
-            inner: 1,
+            geometry: Geometry::channels(&[4, 3], 1),
         };
         let values: Vec<f32> = (0..12).map(|i| (i as f32 - 6.0) * 0.11).collect();
         let codes: Vec<i8> = values
             .iter()
             .enumerate()
-            .map(|(i, &x)| (x / scheme.of(i).scale).round().clamp(-127.0, 127.0) as i8)
+            .map(|(i, &x)| {
+                (x / scheme.params[i % 3].scale)
+                    .round()
+                    .clamp(-127.0, 127.0) as i8
+            })
             .collect();
         let mut whole = Meter::new(&scheme, -0.66, 0.55, true);
         whole.add(&values, &codes, None);

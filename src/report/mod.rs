@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::error::{Error, ModelError, Result};
 use crate::model::{Model, SubgraphInfo};
 use crate::plan::{self, Options};
+use crate::quant;
 use crate::quant::ErrorStats;
 
 pub use against::{MatchedBy, Unmatched, against};
@@ -102,7 +103,7 @@ impl SchemeSummary {
         }
     }
 
-    fn new(s: &analyze::Scheme) -> SchemeSummary {
+    fn new(s: &crate::encoding::Codes) -> SchemeSummary {
         let scales = s.params.iter().map(|p| p.scale);
         let zps = s.params.iter().map(|p| p.zero_point);
         SchemeSummary {
@@ -112,7 +113,10 @@ impl SchemeSummary {
                 "per_tensor"
             },
             symmetric: s.symmetric(),
-            axis: s.axis,
+            axis: match s.geometry {
+                crate::encoding::Geometry::Tensor => None,
+                crate::encoding::Geometry::Channels { axis, .. } => Some(axis),
+            },
             channels: s.params.len(),
             scale_min: scales.clone().fold(f32::INFINITY, f32::min),
             scale_max: scales.fold(f32::NEG_INFINITY, f32::max),
@@ -343,7 +347,7 @@ fn row(
     bytes_after: u64,
     data_buffer: u32,
 ) -> TensorRow {
-    let t = &model.subgraphs[subgraph].tensors[tensor];
+    let t = &model.subgraphs()[subgraph].tensors[tensor];
     let s: ErrorStats = measured.stats;
     let sqnr = s.sqnr_db();
     TensorRow {
@@ -380,17 +384,18 @@ const BLOCK: usize = 1 << 22;
 /// model: same plan, same parameters, same kernels.
 pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
     let plan = plan::plan(model, &opts.quant);
-    let consumers: Vec<_> = model.subgraphs.iter().map(consumers).collect();
+    let consumers: Vec<_> = model.subgraphs().iter().map(consumers).collect();
     let mut rows = Vec::new();
     let mut codes = Vec::new();
     let mut half = Vec::new();
-    for job in &plan.jobs {
-        let Some(scheme) = analyze::job_scheme(job) else {
+    for job in plan.jobs() {
+        let Some(scheme) = analyze::job_codes(job) else {
             // float16: the encoder's own error sums; no codes to count.
             let mut stats = ErrorStats::default();
             for (k, block) in model.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
                 half.resize(block.len() / 2, 0u8);
-                let s = plan::with_f32(block, |v| job.encoding.encode_par(v, k * BLOCK, &mut half));
+                let s =
+                    quant::with_f32(block, |v| job.encoding.encode_par(v, k * BLOCK, &mut half));
                 stats = stats.merge(s);
             }
             let measured = analyze::Measured {
@@ -406,7 +411,7 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
                 rows.push(row(
                     model,
                     &consumers,
-                    (u.subgraph, u.tensor),
+                    (u.tensor.subgraph, u.tensor.tensor),
                     SchemeSummary::float16(),
                     (job.min, job.max),
                     measured.clone(),
@@ -416,11 +421,11 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
             }
             continue;
         };
-        let mut meter = analyze::Meter::new(&scheme, job.min, job.max, opts.histograms);
+        let mut meter = analyze::Meter::new(scheme, job.min, job.max, opts.histograms);
         for (k, block) in model.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
             let n = block.len() / 4;
             codes.resize(n, 0);
-            plan::with_f32(block, |values| {
+            quant::with_f32(block, |values| {
                 let stats = analyze::quantize_job(values, k * BLOCK, job, &mut codes[..n]);
                 meter.add(values, &codes[..n], Some(stats));
             });
@@ -430,8 +435,8 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
             rows.push(row(
                 model,
                 &consumers,
-                (u.subgraph, u.tensor),
-                SchemeSummary::new(&scheme),
+                (u.tensor.subgraph, u.tensor.tensor),
+                SchemeSummary::new(scheme),
                 (job.min, job.max),
                 measured.clone(),
                 job.elements,
@@ -440,12 +445,12 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
         }
     }
     let skipped = plan
-        .skipped
+        .skipped()
         .iter()
         .map(|(r, reason)| SkippedRow {
             subgraph: r.subgraph,
             tensor: r.tensor,
-            name: model.subgraphs[r.subgraph].tensors[r.tensor].name.clone(),
+            name: model.tensor(*r).name.clone(),
             reason: reason.key().to_owned(),
             detail: reason.to_string(),
         })

@@ -45,17 +45,17 @@ fn dynamic_mode_marks_hybrid_weights_and_removes_their_dequantize() {
     let bytes = std::fs::read(out).unwrap();
     let model = tflq::Model::parse(&bytes).unwrap();
     assert!(
-        model.subgraphs[0]
+        model.subgraphs()[0]
             .ops
             .iter()
             .all(|o| o.name() != "DEQUANTIZE")
     );
-    let fc = model.subgraphs[0]
+    let fc = model.subgraphs()[0]
         .ops
         .iter()
         .filter(|o| o.name() == "FULLY_CONNECTED");
     for op in fc {
-        let w = &model.subgraphs[0].tensors[op.inputs[1] as usize];
+        let w = &model.subgraphs()[0].tensors[op.inputs[1] as usize];
         if w.elements >= 1024 {
             assert_eq!(w.dtype, tflq::model::DType::INT8, "{}", w.name);
         }
@@ -239,7 +239,7 @@ fn float16_clamps_out_of_range_values_with_a_warning() {
     drop(assert);
     let bytes = std::fs::read(&out).unwrap();
     let model = tflq::Model::parse(&bytes).unwrap();
-    let t = model.subgraphs[0]
+    let t = model.subgraphs()[0]
         .tensors
         .iter()
         .find(|t| t.name == format!("{name}_fp16"))

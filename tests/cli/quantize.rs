@@ -187,7 +187,7 @@ fn buffer_data_is_16_byte_aligned() {
         let (out, _) = quantize(dir.path(), name, &[]);
         let bytes = std::fs::read(&out).unwrap();
         let model = tflq::Model::parse(&bytes).unwrap();
-        for (i, b) in model.buffers.iter().enumerate() {
+        for (i, b) in model.buffers().iter().enumerate() {
             if !b.data.is_empty() {
                 assert_eq!(
                     b.data.start % 16,
@@ -307,7 +307,7 @@ fn weights_shared_by_two_signatures_are_quantized_once() {
     let model = tflq::Model::parse(&bytes).unwrap();
     let b = q[0]["buffer"].as_u64().unwrap() as usize;
     let users: Vec<_> = model
-        .subgraphs
+        .subgraphs()
         .iter()
         .flat_map(|s| s.tensors.iter())
         .filter(|t| t.buffer as usize == b)
@@ -324,7 +324,7 @@ fn deprecated_opcode_models_are_read_right() {
     assert_eq!(j["quantized"], mlp["quantized"]);
     let bytes = std::fs::read(out).unwrap();
     let model = tflq::Model::parse(&bytes).unwrap();
-    let names: Vec<String> = model.subgraphs[0].ops.iter().map(|o| o.name()).collect();
+    let names: Vec<String> = model.subgraphs()[0].ops.iter().map(|o| o.name()).collect();
     assert_eq!(names.iter().filter(|n| *n == "DEQUANTIZE").count(), 2);
     assert!(names.contains(&"FULLY_CONNECTED".to_owned()), "{names:?}");
 }
@@ -351,20 +351,20 @@ fn external_layout_is_read_and_can_be_written() {
     let model = tflq::Model::parse(&bytes).unwrap();
     assert!(
         model
-            .buffers
+            .buffers()
             .iter()
             .filter(|b| !b.data.is_empty())
             .all(|b| b.external && b.data.start % 16 == 0)
     );
     let inline = std::fs::read(dir.path().join("mlp.q.tflite")).unwrap();
     let inline = tflq::Model::parse(&inline).unwrap();
-    for (i, b) in model.buffers.iter().enumerate() {
+    for (i, b) in model.buffers().iter().enumerate() {
         assert_eq!(
             model.buffer_data(i as u32),
             inline.buffer_data(i as u32),
             "buffer {i}"
         );
-        assert_eq!(b.data.is_empty(), inline.buffers[i].data.is_empty());
+        assert_eq!(b.data.is_empty(), inline.buffers()[i].data.is_empty());
     }
 }
 

@@ -36,7 +36,7 @@ fn expected(q: &Model<'_>, s: usize, t: usize, x: &[f64]) -> Expected {
     let qp = d
         .quantization(s, t)
         .expect("quantized tensor has parameters");
-    let tensor = &q.subgraphs[s].tensors[t];
+    let tensor = &q.subgraphs()[s].tensors[t];
     let codes: Vec<i8> = q
         .buffer_data(tensor.buffer)
         .iter()
@@ -93,7 +93,7 @@ fn check_rows(rows: &[Value], f: &Model<'_>, q: &Model<'_>, qtensor: impl Fn(&Va
             r["tensor"].as_u64().unwrap() as usize,
         );
         let name = r["name"].as_str().unwrap();
-        let ft = &f.subgraphs[s].tensors[t];
+        let ft = &f.subgraphs()[s].tensors[t];
         assert_eq!(ft.name, name);
         let x = f32s(f.buffer_data(ft.buffer));
         let e = expected(q, s, qtensor(r), &x);
@@ -160,10 +160,10 @@ fn planned_report_matches_the_written_model_tensor_by_tensor() {
                 r["subgraph"].as_u64().unwrap() as usize,
                 r["tensor"].as_i64().unwrap() as i32,
             );
-            let op = q.subgraphs[s]
+            let op = q.subgraphs()[s]
                 .ops
                 .iter()
-                .find(|o| o.code == 6 && o.outputs == [t])
+                .find(|o| o.op == tflq::ops::Op::Dequantize && o.outputs == [t])
                 .expect("a DEQUANTIZE writes the tensor");
             op.inputs[0] as usize
         };
@@ -607,8 +607,8 @@ fn float16_report_matches_the_written_half_floats() {
             r["subgraph"].as_u64().unwrap() as usize,
             r["tensor"].as_u64().unwrap() as usize,
         );
-        let x = f32s(f.buffer_data(f.subgraphs[s].tensors[t].buffer));
-        let twin = q.subgraphs[s]
+        let x = f32s(f.buffer_data(f.subgraphs()[s].tensors[t].buffer));
+        let twin = q.subgraphs()[s]
             .tensors
             .iter()
             .find(|w| w.name == format!("{}_fp16", r["name"].as_str().unwrap()))

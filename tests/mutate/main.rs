@@ -157,7 +157,7 @@ fn the_sentinel_buffer_is_never_tensor_data() {
     // name it) but is no tensor's data.
     assert_eq!(q.buffers.as_ref().unwrap()[0].data, weights.data);
     let model = tflq::Model::parse(&out.bytes).unwrap();
-    assert!(model.subgraphs[0].tensors.iter().any(|t| t.buffer == 0));
+    assert!(model.subgraphs()[0].tensors.iter().any(|t| t.buffer == 0));
     assert!(model.buffer_data(0).is_empty());
 }
 

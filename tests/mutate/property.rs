@@ -247,8 +247,8 @@ fn generated_models_are_read_back_as_built() {
         let g = generator::model(&mut Rng::new(0x7e57 + i));
         let model = tflq::Model::parse(&g.bytes).unwrap_or_else(|e| panic!("model {i}: {e}"));
         let sgs = g.model.subgraphs.as_ref().unwrap();
-        assert_eq!(model.subgraphs.len(), sgs.len());
-        for (s, t) in model.subgraphs.iter().zip(sgs) {
+        assert_eq!(model.subgraphs().len(), sgs.len());
+        for (s, t) in model.subgraphs().iter().zip(sgs) {
             let tensors = t.tensors.as_ref().unwrap();
             assert_eq!(s.tensors.len(), tensors.len());
             for (x, y) in s.tensors.iter().zip(tensors) {

@@ -1,0 +1,572 @@
+//! How a weight is stored: one [`Encoding`] answers every question the rest of the crate asks
+//! about a stored tensor (its element type, bytes for n elements, how to encode a run of
+//! values and decode one back, the quantization parameters to write), and one [`Geometry`]
+//! says which parameters each element uses (the whole tensor, a channel, or a block).
+//!
+//! Nothing here knows about files or flatbuffers: slices in, bytes and statistics out. The
+//! arithmetic kernels live in [`crate::quant`]; this module arranges them by geometry.
+
+use rayon::prelude::*;
+
+use crate::model::DType;
+use crate::quant::{self, ErrorStats, QuantParams, Range};
+
+/// Which quantization parameters each element of a tensor (row-major) uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Geometry {
+    /// One set of parameters for the whole tensor.
+    Tensor,
+    /// One set per index along `axis`: element `i` is in channel `(i / inner) % channels`.
+    Channels {
+        /// The quantized dimension.
+        axis: usize,
+        /// Its length.
+        channels: usize,
+        /// Product of the dimensions after `axis`: elements in one run of a channel.
+        inner: usize,
+    },
+}
+
+impl Geometry {
+    /// Channels along `axis` of a tensor with dimensions `dims` (`axis < dims.len()`).
+    pub fn channels(dims: &[usize], axis: usize) -> Geometry {
+        Geometry::Channels {
+            axis,
+            channels: dims[axis],
+            inner: dims[axis + 1..].iter().product(),
+        }
+    }
+
+    /// Number of parameter sets.
+    pub fn groups(&self) -> usize {
+        match *self {
+            Geometry::Tensor => 1,
+            Geometry::Channels { channels, .. } => channels,
+        }
+    }
+
+    /// The group of element `index`.
+    #[inline]
+    pub fn group_of(&self, index: usize) -> usize {
+        match *self {
+            Geometry::Tensor => 0,
+            Geometry::Channels {
+                channels, inner, ..
+            } => (index / inner.max(1)) % channels.max(1),
+        }
+    }
+
+    /// Splits elements `first..first + len` into runs that share a group and calls `f` with
+    /// each group and the run's positions relative to `first`.
+    pub fn runs(&self, first: usize, len: usize, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+        let span = match *self {
+            Geometry::Tensor => {
+                if len > 0 {
+                    f(0, 0..len);
+                }
+                return;
+            }
+            Geometry::Channels { inner, .. } => inner.max(1),
+        };
+        let mut i = 0;
+        while i < len {
+            let g = first + i;
+            let end = len.min(i + (span - g % span));
+            f(self.group_of(g), i..end);
+            i = end;
+        }
+    }
+
+    /// The range of each group's values, for a whole tensor.
+    pub fn ranges(&self, values: &[f32]) -> Vec<Range> {
+        match *self {
+            Geometry::Tensor => vec![quant::scan_range_par(values)],
+            Geometry::Channels {
+                channels, inner, ..
+            } => channel_ranges(values, channels, inner),
+        }
+    }
+}
+
+/// Range of each channel of a tensor viewed as `[outer, channels, inner]`.
+fn channel_ranges(values: &[f32], channels: usize, inner: usize) -> Vec<Range> {
+    use ndarray::{ArrayView3, Axis};
+    let slab = channels * inner;
+    if slab == 0 || values.is_empty() {
+        return vec![Range::EMPTY; channels];
+    }
+    let merge_all = |mut a: Vec<Range>, b: Vec<Range>| {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x = x.merge(y);
+        }
+        a
+    };
+    // Whole slabs only: the shape was checked against the buffer when the model was read.
+    values
+        .par_chunks(slab * (quant::CHUNK / slab).max(1))
+        .map(|part| {
+            let outer = part.len() / slab;
+            let Ok(view) = ArrayView3::from_shape((outer, channels, inner), &part[..outer * slab])
+            else {
+                return vec![Range::EMPTY; channels];
+            };
+            let mut r = vec![Range::EMPTY; channels];
+            if inner == 1 {
+                // Last-axis channels (depthwise filters): fold row by row.
+                for row in view.index_axis(Axis(2), 0).rows() {
+                    for (c, &x) in r.iter_mut().zip(row) {
+                        *c = c.merge(quant::scan_range(std::slice::from_ref(&x)));
+                    }
+                }
+            } else {
+                for (c, lanes) in r.iter_mut().zip(view.axis_iter(Axis(1))) {
+                    for lane in lanes.rows() {
+                        // Rows of one channel are contiguous runs of `inner` values.
+                        let run = lane
+                            .to_slice()
+                            .map_or_else(|| quant::scan_range(&lane.to_vec()), quant::scan_range);
+                        *c = c.merge(run);
+                    }
+                }
+            }
+            r
+        })
+        .reduce(|| vec![Range::EMPTY; channels], merge_all)
+}
+
+/// Width of the integer codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bits {
+    /// One signed byte per element.
+    Eight,
+}
+
+impl Bits {
+    /// The tensor type the codes are stored as.
+    pub fn dtype(self) -> DType {
+        match self {
+            Bits::Eight => DType::INT8,
+        }
+    }
+}
+
+/// Integer codes with their parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codes {
+    /// Width of each code.
+    pub bits: Bits,
+    /// Which parameters each element uses.
+    pub geometry: Geometry,
+    /// One set of parameters per group of the geometry.
+    pub params: Vec<QuantParams>,
+}
+
+/// How one buffer's float32 values are stored in the output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoding {
+    /// Integer codes with scales and zero points.
+    Int(Codes),
+    /// IEEE half precision; values beyond ±65504 are clamped to it, never infinity.
+    Float16,
+}
+
+/// The quantization parameters to write into a tensor, in our own terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantSpec {
+    /// One scale per group.
+    pub scales: Vec<f32>,
+    /// One zero point per group.
+    pub zero_points: Vec<i64>,
+    /// The quantized dimension (0 when per-tensor).
+    pub axis: usize,
+}
+
+/// Largest finite float16 value.
+pub const F16_MAX: f32 = 65504.0;
+
+impl Encoding {
+    /// Int8 codes with one set of parameters for the whole tensor.
+    pub fn int8(p: QuantParams) -> Encoding {
+        Encoding::Int(Codes {
+            bits: Bits::Eight,
+            geometry: Geometry::Tensor,
+            params: vec![p],
+        })
+    }
+
+    /// Int8 codes with one set of parameters per channel of `geometry`.
+    pub fn int8_channels(geometry: Geometry, params: Vec<QuantParams>) -> Encoding {
+        Encoding::Int(Codes {
+            bits: Bits::Eight,
+            geometry,
+            params,
+        })
+    }
+
+    /// The element type of the stored tensor.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Encoding::Int(c) => c.bits.dtype(),
+            Encoding::Float16 => DType::FLOAT16,
+        }
+    }
+
+    /// Bytes that `n` encoded elements take.
+    pub fn bytes_for(&self, n: u64) -> u64 {
+        match self {
+            Encoding::Int(c) => match c.bits {
+                Bits::Eight => n,
+            },
+            Encoding::Float16 => 2 * n,
+        }
+    }
+
+    /// The integer codes, if any.
+    pub fn codes(&self) -> Option<&Codes> {
+        match self {
+            Encoding::Int(c) => Some(c),
+            Encoding::Float16 => None,
+        }
+    }
+
+    /// The one set of parameters of a per-tensor encoding.
+    pub fn per_tensor(&self) -> Option<QuantParams> {
+        match self {
+            Encoding::Int(c) if c.geometry == Geometry::Tensor => c.params.first().copied(),
+            _ => None,
+        }
+    }
+
+    /// Axis and channel count of a per-channel encoding.
+    pub fn channels(&self) -> Option<(usize, usize)> {
+        match self {
+            Encoding::Int(Codes {
+                geometry: Geometry::Channels { axis, channels, .. },
+                ..
+            }) => Some((*axis, *channels)),
+            _ => None,
+        }
+    }
+
+    /// Stable name used in summaries: `int8`, `int8_per_channel` or `float16`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Encoding::Float16 => "float16",
+            Encoding::Int(c) => match (c.bits, c.geometry) {
+                (Bits::Eight, Geometry::Tensor) => "int8",
+                (Bits::Eight, Geometry::Channels { .. }) => "int8_per_channel",
+            },
+        }
+    }
+
+    /// Suffix of the name of the stored twin of a float tensor.
+    pub fn suffix(&self) -> &'static str {
+        match self {
+            Encoding::Float16 => "fp16",
+            Encoding::Int(_) => "int8",
+        }
+    }
+
+    /// The DEQUANTIZE version the converter writes for this input: 2 for int8, 3 for
+    /// float16, 5 for per-channel int8.
+    pub fn dequantize_version(&self) -> i32 {
+        match self {
+            Encoding::Float16 => 3,
+            Encoding::Int(c) => match c.geometry {
+                Geometry::Tensor => 2,
+                Geometry::Channels { .. } => 5,
+            },
+        }
+    }
+
+    /// The quantization parameters to write (none for float16).
+    pub fn quant_spec(&self) -> Option<QuantSpec> {
+        let c = self.codes()?;
+        Some(QuantSpec {
+            scales: c.params.iter().map(|p| p.scale).collect(),
+            zero_points: c.params.iter().map(|p| i64::from(p.zero_point)).collect(),
+            axis: match c.geometry {
+                Geometry::Tensor => 0,
+                Geometry::Channels { axis, .. } => axis,
+            },
+        })
+    }
+
+    /// Encodes `values`, elements `first..first + values.len()` of the tensor, into `out`
+    /// (`bytes_for(values.len())` bytes) and measures the error.
+    pub fn encode(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
+        match self {
+            Encoding::Int(c) => {
+                let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
+                let mut stats = ErrorStats::default();
+                c.geometry.runs(first, values.len(), |g, r| {
+                    let s =
+                        quant::quantize_measured(&values[r.clone()], c.params[g], &mut codes[r]);
+                    stats = stats.merge(s);
+                });
+                stats
+            }
+            Encoding::Float16 => encode_f16(values, out),
+        }
+    }
+
+    /// [`Encoding::encode`] over all cores.
+    pub fn encode_par(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
+        let size = self.bytes_for(quant::CHUNK as u64) as usize;
+        values
+            .par_chunks(quant::CHUNK)
+            .zip(out.par_chunks_mut(size))
+            .enumerate()
+            .map(|(k, (xs, os))| self.encode(xs, first + k * quant::CHUNK, os))
+            .reduce(ErrorStats::default, ErrorStats::merge)
+    }
+
+    /// The value the encoded element `index` of `bytes` stands for.
+    pub fn decode(&self, bytes: &[u8], index: usize) -> f32 {
+        match self {
+            Encoding::Int(c) => {
+                quant::dequantize(bytes[index] as i8, c.params[c.geometry.group_of(index)])
+            }
+            Encoding::Float16 => {
+                half::f16::from_le_bytes([bytes[2 * index], bytes[2 * index + 1]]).to_f32()
+            }
+        }
+    }
+}
+
+impl Codes {
+    /// Every zero point is 0.
+    pub fn symmetric(&self) -> bool {
+        self.params.iter().all(|p| p.zero_point == 0)
+    }
+
+    /// The group with the largest scale, and its parameters.
+    pub fn widest(&self) -> (usize, QuantParams) {
+        let mut best = (0, self.params[0]);
+        for (c, p) in self.params.iter().enumerate() {
+            if p.scale > best.1.scale {
+                best = (c, *p);
+            }
+        }
+        best
+    }
+
+    /// Error statistics of `codes` (elements `first..` of the tensor) against `values`.
+    pub fn error_stats(&self, values: &[f32], codes: &[i8], first: usize) -> ErrorStats {
+        let mut total = ErrorStats::default();
+        let n = values.len().min(codes.len());
+        self.geometry.runs(first, n, |g, r| {
+            total = total.merge(quant::error_stats(
+                &values[r.clone()],
+                &codes[r],
+                self.params[g],
+            ));
+        });
+        total
+    }
+}
+
+/// Float16 encoding, run by run: clamp, convert the whole run (half's slice conversion uses
+/// the F16C instructions when the CPU has them, else the same rounding in software), convert
+/// back for the reconstruction, and measure in lanes.
+fn encode_f16(values: &[f32], out: &mut [u8]) -> ErrorStats {
+    use half::slice::HalfFloatSliceExt;
+    const RUN: usize = quant::RUN;
+    let mut clamped = [0f32; RUN];
+    let mut halves = [half::f16::ZERO; RUN];
+    let mut recon = [0f32; RUN];
+    let mut stats = ErrorStats::default();
+    for (xs, os) in values.chunks(RUN).zip(out.chunks_mut(2 * RUN)) {
+        let n = xs.len().min(os.len() / 2);
+        let (xs, cs) = (&xs[..n], &mut clamped[..n]);
+        for (c, &x) in cs.iter_mut().zip(xs) {
+            *c = x.clamp(-F16_MAX, F16_MAX);
+        }
+        halves[..n].convert_from_f32_slice(cs);
+        halves[..n].convert_to_f32_slice(&mut recon[..n]);
+        for (o, h) in os.chunks_exact_mut(2).zip(&halves[..n]) {
+            o.copy_from_slice(&h.to_le_bytes());
+        }
+        stats = stats.merge(quant::sums(xs, &recon[..n]));
+    }
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{asymmetric_params, error_stats, quantize_into};
+    use ndarray::{ArrayView, Axis, IxDyn};
+    use proptest::prelude::*;
+
+    fn p(scale: f32) -> QuantParams {
+        QuantParams {
+            scale,
+            zero_point: 0,
+            qmin: -128,
+            qmax: 127,
+        }
+    }
+
+    #[test]
+    fn per_channel_stats_use_each_channel_s_parameters() {
+        // Shape [2, 3] quantized along axis 1 (inner 1) and along axis 0 (inner 3).
+        let values = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let codes = [1i8, 1, 1, 2, 2, 2];
+        let cols = Codes {
+            bits: Bits::Eight,
+            geometry: Geometry::channels(&[2, 3], 1),
+            params: vec![p(1.0), p(2.0), p(3.0)],
+        };
+        let s = cols.error_stats(&values, &codes, 0);
+        // Reconstruction 1, 2, 3, 2, 4, 6: errors 0, 0, 0, 2, 1, 0.
+        assert_eq!((s.count, s.noise, s.max_abs), (6, 5.0, 2.0));
+        let rows = Codes {
+            geometry: Geometry::channels(&[2, 3], 0),
+            params: vec![p(1.0), p(2.5)],
+            ..cols.clone()
+        };
+        let s = rows.error_stats(&values, &codes, 0);
+        // Reconstruction 1, 1, 1, 5, 5, 5: errors 0, 1, 2, 1, 0, 1.
+        assert_eq!((s.noise, s.max_abs), (7.0, 2.0));
+        // A block that starts mid-channel: elements 4 and 5 are in row 1.
+        let s = rows.error_stats(&values[4..], &codes[4..], 4);
+        assert_eq!((s.noise, s.max_abs), (1.0, 1.0));
+        let one = Codes {
+            geometry: Geometry::Tensor,
+            params: vec![p(1.0)],
+            ..cols
+        };
+        assert_eq!(
+            one.error_stats(&values, &codes, 0),
+            error_stats(&values, &codes, p(1.0))
+        );
+    }
+
+    /// Per-channel encoding equals per-tensor encoding of each channel's own slice, for any
+    /// axis and any block start (the streaming writer starts blocks anywhere). The reference
+    /// finds each element's channel with an ndarray view, not with the geometry's arithmetic.
+    #[test]
+    fn per_channel_is_per_tensor_on_each_channel() {
+        let dims = [3usize, 4, 5];
+        let values: Vec<f32> = (0..60)
+            .map(|i| ((i * 37 % 61) as f32 - 30.0) * (1.0 + (i % 4) as f32))
+            .collect();
+        let view = ArrayView::from_shape(IxDyn(&dims), &values).unwrap();
+        for axis in 0..3 {
+            let g = Geometry::channels(&dims, axis);
+            let ranges = g.ranges(&values);
+            let params: Vec<_> = ranges
+                .iter()
+                .map(|r| asymmetric_params(r.min, r.max))
+                .collect();
+            let e = Encoding::int8_channels(g, params.clone());
+            let mut whole = vec![0u8; 60];
+            e.encode(&values, 0, &mut whole);
+            let mut pieces = vec![0u8; 60];
+            for (start, end) in [(0, 7), (7, 33), (33, 60)] {
+                e.encode(&values[start..end], start, &mut pieces[start..end]);
+            }
+            assert_eq!(whole, pieces, "axis {axis}");
+            let coded = ArrayView::from_shape(IxDyn(&dims), &whole).unwrap();
+            for (c, (xs, qs)) in view
+                .axis_iter(Axis(axis))
+                .zip(coded.axis_iter(Axis(axis)))
+                .enumerate()
+            {
+                let lo = xs.iter().copied().fold(f32::INFINITY, f32::min);
+                let hi = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!((ranges[c].min, ranges[c].max), (lo, hi), "axis {axis}");
+                for (&x, &q) in xs.iter().zip(qs.iter()) {
+                    let mut want = [0i8];
+                    quantize_into(&[x], params[c], &mut want);
+                    assert_eq!(q as i8, want[0], "axis {axis} channel {c}");
+                }
+            }
+            for (i, &x) in values.iter().enumerate() {
+                let c = g.group_of(i);
+                assert!((e.decode(&whole, i) - x).abs() <= params[c].scale * 0.5001);
+            }
+        }
+    }
+
+    #[test]
+    fn float16_clamps_instead_of_overflowing() {
+        let values = [1e6f32, -1e9, 1.0, 65504.0, 1e-8];
+        let mut out = [0u8; 10];
+        let stats = Encoding::Float16.encode(&values, 0, &mut out);
+        let back: Vec<f32> = (0..5).map(|i| Encoding::Float16.decode(&out, i)).collect();
+        assert_eq!(&back[..4], &[65504.0, -65504.0, 1.0, 65504.0]);
+        assert!(back.iter().all(|v| v.is_finite()));
+        assert_eq!(stats.count, 5);
+    }
+
+    #[test]
+    fn sizes_names_and_parameters() {
+        let e = Encoding::int8(p(0.5));
+        assert_eq!(
+            (e.bytes_for(10), e.dtype(), e.name()),
+            (10, DType::INT8, "int8")
+        );
+        assert_eq!(
+            e.quant_spec(),
+            Some(QuantSpec {
+                scales: vec![0.5],
+                zero_points: vec![0],
+                axis: 0
+            })
+        );
+        let c = Encoding::int8_channels(Geometry::channels(&[4, 2], 1), vec![p(1.0), p(2.0)]);
+        assert_eq!(
+            (c.name(), c.dequantize_version(), c.channels()),
+            ("int8_per_channel", 5, Some((1, 2)))
+        );
+        assert_eq!(c.quant_spec().unwrap().axis, 1);
+        assert_eq!(Encoding::Float16.bytes_for(3), 6);
+        assert_eq!(Encoding::Float16.quant_spec(), None);
+    }
+
+    proptest! {
+        #[test]
+        fn float16_encoding_converts_each_value_alone(
+            values in prop::collection::vec(
+                prop_oneof![-1e5f32..1e5, -1e-4f32..1e-4, -1e-7f32..1e-7, Just(65504.0),
+                    Just(-7e4), Just(f32::MAX), Just(0.0)],
+                0..2500,
+            ),
+        ) {
+            let mut out = vec![0u8; 2 * values.len()];
+            let stats = Encoding::Float16.encode(&values, 0, &mut out);
+            let mut noise = 0f64;
+            for (&x, o) in values.iter().zip(out.chunks_exact(2)) {
+                let h = half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
+                prop_assert_eq!(o, &h.to_le_bytes()[..], "x = {}", x);
+                noise += (f64::from(x) - f64::from(h.to_f32())).powi(2);
+            }
+            prop_assert_eq!(stats.count, values.len() as u64);
+            prop_assert!((stats.noise - noise).abs() <= 1e-5 * noise, "{} vs {noise}", stats.noise);
+        }
+
+        /// Runs cover every element once, in order, each inside one group.
+        #[test]
+        fn runs_tile_any_span(
+            dims in prop::collection::vec(1usize..5, 1..4),
+            axis_pick in 0usize..4,
+            first in 0usize..50,
+            len in 0usize..80,
+        ) {
+            let axis = axis_pick % dims.len();
+            let g = Geometry::channels(&dims, axis);
+            let mut next = 0;
+            g.runs(first, len, |group, r| {
+                assert_eq!(r.start, next);
+                assert!(r.end > r.start);
+                for i in r.clone() {
+                    assert_eq!(g.group_of(first + i), group);
+                }
+                next = r.end;
+            });
+            prop_assert_eq!(next, len);
+        }
+    }
+}

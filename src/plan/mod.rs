@@ -1,0 +1,397 @@
+//! Choosing what to quantize and how. The plan owns every decision; the rewriter, the
+//! summary and the report only read it. It is made in stages, each in its own module:
+//!
+//! 1. [`select`]: which constant tensors qualify, and why each of the others does not;
+//! 2. [`route::hybrid_ops`]: which operators read their weights directly (dynamic mode);
+//! 3. [`encode`]: the encoding of each buffer (per-tensor or per-channel int8, symmetric or
+//!    not, float16), given who reads it;
+//! 4. [`route::users`]: for every reader of a quantized buffer, whether it reads the stored
+//!    tensor directly or the float tensor a DEQUANTIZE restores, and the op versions that
+//!    follow.
+//!
+//! The unit of quantization is the buffer: a buffer shared by several tensors (weights
+//! reused across subgraphs or signatures) is quantized once, and only when every tensor
+//! that reads it qualifies, so that all of them stay consistent.
+
+mod encode;
+mod route;
+mod select;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::encoding::Encoding;
+use crate::model::{Model, OpRef, TensorRef};
+use crate::ops::Op;
+
+/// Options that decide which tensors are quantized, how, and how the output is laid out.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Tensors with fewer elements stay float (0: quantize all).
+    pub min_elements: u64,
+    /// Where buffer data goes in the output.
+    pub layout: LayoutPolicy,
+    /// DEQUANTIZE everywhere, or int8 straight into hybrid kernels.
+    pub mode: Mode,
+    /// One scale per tensor, or one per output channel where the consumer allows it.
+    pub granularity: Granularity,
+    /// Zero point 0 and codes in [-127, 127] (always so for weights of hybrid kernels).
+    pub symmetric: bool,
+    /// The type weights are stored in.
+    pub weight_type: WeightType,
+    /// When not empty, only weights read solely by these operators are quantized.
+    pub include_ops: Vec<Op>,
+    /// Weights read by any of these operators stay float.
+    pub exclude_ops: Vec<Op>,
+    /// Weights whose name matches stay float.
+    pub exclude_tensors: Option<regex::Regex>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            min_elements: 1024,
+            layout: LayoutPolicy::Auto,
+            mode: Mode::WeightOnly,
+            granularity: Granularity::PerTensor,
+            symmetric: false,
+            weight_type: WeightType::Int8,
+            include_ops: Vec::new(),
+            exclude_ops: Vec::new(),
+            exclude_tensors: None,
+        }
+    }
+}
+
+/// Where the output's buffer data goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayoutPolicy {
+    /// Inline `data` vectors, or `offset`/`size` when the file would pass 2 GiB.
+    #[default]
+    Auto,
+    /// Always `offset`/`size` after the flatbuffer.
+    External,
+}
+
+/// How quantized weights reach their operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every quantized weight goes through a DEQUANTIZE op: works for every op everywhere.
+    #[default]
+    WeightOnly,
+    /// Ops with hybrid kernels read int8 weights directly (smaller at run time, faster);
+    /// the rest keep the DEQUANTIZE path.
+    Dynamic,
+}
+
+/// Scales per tensor or per output channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// One scale and zero point per tensor.
+    #[default]
+    PerTensor,
+    /// One per output channel, on the axis the consuming op expects; per-tensor where the
+    /// op or the runtime cannot take it.
+    PerChannel,
+}
+
+/// Storage type of quantized weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightType {
+    /// 8-bit integer codes with scales.
+    #[default]
+    Int8,
+    /// IEEE half precision.
+    Float16,
+}
+
+/// Why a constant tensor was left as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum SkipReason {
+    /// The element type is not FLOAT32.
+    NotFloat32 {
+        /// The tensor's type.
+        dtype: String,
+    },
+    /// Fewer elements than `--min-elements`.
+    TooSmall {
+        /// The tensor's element count.
+        elements: u64,
+        /// The threshold.
+        min_elements: u64,
+    },
+    /// A variable (state) tensor, written at run time.
+    Variable,
+    /// Stored in a sparse format.
+    Sparse,
+    /// Already carries quantization parameters.
+    AlreadyQuantized,
+    /// Contains NaN or infinite values, which int8 cannot represent.
+    NonFinite {
+        /// How many values are not finite.
+        count: u64,
+    },
+    /// Its data lives in an external file.
+    ExternalFile,
+    /// An operator writes it, so it is not a constant.
+    WrittenByOperator,
+    /// It is an input of its subgraph, fed by the caller.
+    SubgraphInput,
+    /// Its buffer is also read by a tensor of another type.
+    SharedWithNonFloat,
+    /// Its buffer is also read by a float tensor that cannot be quantized.
+    SharedWithSkipped,
+    /// Its name matches `--exclude-tensors`.
+    ExcludedByName {
+        /// The pattern it matched.
+        pattern: String,
+    },
+    /// An operator that reads it is listed in `--exclude-ops`.
+    ExcludedOp {
+        /// The operator's name.
+        op: String,
+    },
+    /// `--include-ops` is given and an operator that reads it is not listed (or none reads it).
+    NotIncludedOp {
+        /// The operator's name ("none" when no operator reads it).
+        op: String,
+    },
+}
+
+impl SkipReason {
+    /// Short stable key, used to group skipped tensors in summaries.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SkipReason::NotFloat32 { .. } => "not_float32",
+            SkipReason::TooSmall { .. } => "too_small",
+            SkipReason::Variable => "variable",
+            SkipReason::Sparse => "sparse",
+            SkipReason::AlreadyQuantized => "already_quantized",
+            SkipReason::NonFinite { .. } => "non_finite",
+            SkipReason::ExternalFile => "external_file",
+            SkipReason::WrittenByOperator => "written_by_operator",
+            SkipReason::SubgraphInput => "subgraph_input",
+            SkipReason::SharedWithNonFloat => "shared_with_non_float",
+            SkipReason::SharedWithSkipped => "shared_with_skipped",
+            SkipReason::ExcludedByName { .. } => "excluded_by_name",
+            SkipReason::ExcludedOp { .. } => "excluded_op",
+            SkipReason::NotIncludedOp { .. } => "not_included_op",
+        }
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::NotFloat32 { dtype } => write!(f, "not float32 ({dtype})"),
+            SkipReason::TooSmall {
+                elements,
+                min_elements,
+            } => {
+                write!(f, "too small ({elements} < {min_elements} elements)")
+            }
+            SkipReason::Variable => f.write_str("variable tensor"),
+            SkipReason::Sparse => f.write_str("sparse tensor"),
+            SkipReason::AlreadyQuantized => f.write_str("already has quantization parameters"),
+            SkipReason::NonFinite { count } => write!(f, "{count} NaN or infinite values"),
+            SkipReason::ExternalFile => f.write_str("data in an external file"),
+            SkipReason::WrittenByOperator => f.write_str("written by an operator"),
+            SkipReason::SubgraphInput => f.write_str("subgraph input"),
+            SkipReason::SharedWithNonFloat => f.write_str("buffer shared with a non-float tensor"),
+            SkipReason::SharedWithSkipped => {
+                f.write_str("buffer shared with a tensor that cannot be quantized")
+            }
+            SkipReason::ExcludedByName { pattern } => {
+                write!(f, "name matches --exclude-tensors {pattern:?}")
+            }
+            SkipReason::ExcludedOp { op } => write!(f, "read by {op}, which --exclude-ops lists"),
+            SkipReason::NotIncludedOp { op } => {
+                write!(f, "read by {op}, which --include-ops does not list")
+            }
+        }
+    }
+}
+
+/// Readers of each tensor of each subgraph: (operator index, input slot).
+#[derive(Debug, Clone, Default)]
+pub struct Readers(Vec<Vec<Vec<(usize, usize)>>>);
+
+impl Readers {
+    /// The readers of every tensor of `model`.
+    pub fn new(model: &Model<'_>) -> Readers {
+        Readers(
+            model
+                .subgraphs()
+                .iter()
+                .map(|sg| {
+                    let mut c = vec![Vec::new(); sg.tensors.len()];
+                    for (oi, o) in sg.ops.iter().enumerate() {
+                        for (slot, &t) in o.inputs.iter().enumerate() {
+                            if let Some(list) = usize::try_from(t).ok().and_then(|t| c.get_mut(t)) {
+                                list.push((oi, slot));
+                            }
+                        }
+                    }
+                    c
+                })
+                .collect(),
+        )
+    }
+
+    /// (operator, input slot) of every reader of `t`.
+    pub fn of(&self, t: TensorRef) -> &[(usize, usize)] {
+        &self.0[t.subgraph][t.tensor]
+    }
+}
+
+/// One reader of a quantized buffer and how it gets its weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The float32 tensor that reads the buffer.
+    pub tensor: TensorRef,
+    /// Its readers (operator, input slot) whose hybrid kernel reads the stored tensor
+    /// directly.
+    pub direct: Vec<(usize, usize)>,
+    /// Whether a DEQUANTIZE restores the float tensor (some reader needs float, or it is an
+    /// output of its subgraph). When false, the tensor itself becomes the stored one.
+    pub dequantize: bool,
+}
+
+/// One buffer to quantize, with every tensor that reads it.
+#[derive(Debug, Clone)]
+pub struct BufferJob {
+    /// Buffer index.
+    pub buffer: u32,
+    /// Number of float32 elements.
+    pub elements: u64,
+    /// Shape of the tensors that read it.
+    pub shape: Vec<usize>,
+    /// How its values are stored.
+    pub encoding: Encoding,
+    /// Float range of the data.
+    pub min: f32,
+    /// Float range of the data.
+    pub max: f32,
+    /// The tensors that read the buffer, all of which are rewritten.
+    pub users: Vec<User>,
+    /// Why per-channel was asked for but not used, if so.
+    pub per_channel_fallback: Option<String>,
+}
+
+impl BufferJob {
+    /// Bytes of the stored data.
+    pub fn stored_bytes(&self) -> u64 {
+        self.encoding.bytes_for(self.elements)
+    }
+}
+
+/// What a hybrid operator needs written so that its kernel reads the stored weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HybridOp {
+    /// The operator.
+    pub op: Op,
+    /// Op version to write (at least).
+    pub version: i32,
+    /// Turn on `asymmetric_quantize_inputs` in its options.
+    pub asymmetric_inputs: bool,
+}
+
+/// The decision for a whole model. Only [`plan`] makes one, from the model it keeps.
+#[derive(Debug, Clone)]
+pub struct Plan<'m> {
+    model: &'m Model<'m>,
+    jobs: Vec<BufferJob>,
+    skipped: Vec<(TensorRef, SkipReason)>,
+    hybrid_ops: BTreeMap<OpRef, HybridOp>,
+    clamped: Vec<TensorRef>,
+    dequantize_version: Option<i32>,
+}
+
+impl<'m> Plan<'m> {
+    /// The model the plan was made for.
+    pub fn model(&self) -> &'m Model<'m> {
+        self.model
+    }
+
+    /// Buffers to quantize, in buffer order.
+    pub fn jobs(&self) -> &[BufferJob] {
+        &self.jobs
+    }
+
+    /// Constant tensors left alone, with the reason, in (subgraph, tensor) order.
+    pub fn skipped(&self) -> &[(TensorRef, SkipReason)] {
+        &self.skipped
+    }
+
+    /// Tensors (weights of hybrid ops) with values beyond the float16 range, clamped.
+    pub fn clamped(&self) -> &[TensorRef] {
+        &self.clamped
+    }
+
+    /// Operators that read their weights directly (dynamic mode), with what they need.
+    pub fn hybrid_ops(&self) -> &BTreeMap<OpRef, HybridOp> {
+        &self.hybrid_ops
+    }
+
+    /// The DEQUANTIZE version the model needs, if any tensor goes through one.
+    pub fn dequantize_version(&self) -> Option<i32> {
+        self.dequantize_version
+    }
+
+    /// Skipped tensors counted by reason key.
+    pub fn skipped_by_reason(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for (_, r) in &self.skipped {
+            *m.entry(r.key()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// The job that quantizes `buffer`, if any (jobs are in buffer order).
+    pub fn job_of(&self, buffer: u32) -> Option<&BufferJob> {
+        self.jobs
+            .binary_search_by_key(&buffer, |j| j.buffer)
+            .ok()
+            .map(|i| &self.jobs[i])
+    }
+}
+
+/// Decides which buffers to quantize and how. Reads every candidate's data once (in
+/// parallel) to find its range(s) and to rule out NaN and infinities.
+pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
+    let readers = Readers::new(model);
+    let selected = select::select(model, &readers, opts);
+    let hybrid = if opts.mode == Mode::Dynamic && opts.weight_type == WeightType::Int8 {
+        route::hybrid_ops(model, &selected.candidates)
+    } else {
+        Default::default()
+    };
+    let encoded = encode::encode(model, &readers, &selected, &hybrid, opts);
+    let routed = route::users(model, &readers, encoded.jobs, &hybrid);
+    let mut skipped = selected.skipped;
+    skipped.sort_by_key(|(r, _)| *r);
+    Plan {
+        model,
+        jobs: routed.jobs,
+        skipped,
+        hybrid_ops: routed.hybrid_ops,
+        clamped: encoded.clamped,
+        dequantize_version: routed.dequantize_version,
+    }
+}
+
+/// Whether every tensor of `users` has the same shape. A buffer can be shared by tensors of
+/// one size but different shapes (the converter shares equal constants); per-channel scales
+/// then fit at most one of them.
+fn one_shape(model: &Model<'_>, users: &[TensorRef]) -> bool {
+    let shape = |u: &TensorRef| &model.tensor(*u).shape;
+    users.windows(2).all(|w| shape(&w[0]) == shape(&w[1]))
+}
+
+#[cfg(test)]
+mod tests;
