@@ -91,14 +91,28 @@ class Graph:
         m = tfl.ModelT()
         m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, [oc], [g], self.buffers
         m.description = b"tflq single-op test model"
-        builder = flatbuffers.Builder(1 << 16)
-        saved, tfl.BufferT.Pack = tfl.BufferT.Pack, _pack_buffer_aligned
-        try:
-            root = m.Pack(builder)
-        finally:
-            tfl.BufferT.Pack = saved
-        builder.Finish(root, file_identifier=b"TFL3")
-        return bytes(builder.Output())
+        return pack(m)
+
+
+def pack(m) -> bytes:
+    """The .tflite bytes of a ModelT, buffer data aligned to 16 bytes."""
+    builder = flatbuffers.Builder(1 << 16)
+    saved, tfl.BufferT.Pack = tfl.BufferT.Pack, _pack_buffer_aligned
+    try:
+        root = m.Pack(builder)
+    finally:
+        tfl.BufferT.Pack = saved
+    builder.Finish(root, file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def without_options(data: bytes) -> bytes:
+    """The same model with the operator's builtin options table left out (the runtime then
+    uses the defaults: no fused activation, symmetric activation quantization)."""
+    m = tfl.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for op in m.subgraphs[0].operators:
+        op.builtinOptionsType, op.builtinOptions = 0, None
+    return pack(m)
 
 
 def _opts(cls, **fields):

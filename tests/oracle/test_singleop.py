@@ -36,7 +36,7 @@ from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 import singleop
-from test_oracle import TFLQ, Model, sqnr_db
+from test_oracle import TFLQ, Model, aligned_ops, sqnr_db
 
 OP = tfl.BuiltinOperator
 T = tfl.TensorType
@@ -153,9 +153,7 @@ def test_weights_routed_as_the_runtime_needs(op, options, float_models, quantize
     orig, q = Model(float_models[op]), Model(out)
     (go,), (gq,) = orig.m.subgraphs, q.m.subgraphs
     (oo,) = go.operators
-    main = [o for o in gq.operators if q.opcode(o)[0] != OP.DEQUANTIZE]
-    assert len(main) == 1 and q.opcode(main[0])[0] == getattr(OP, op)
-    (oq,) = main
+    ((_, oq),) = aligned_ops(orig, go, q, gq)
     float16 = options == "float16"
     hybrid = options.startswith("dynamic") and op not in NO_HYBRID_KERNEL
     weights = {oo.inputs[s]: s for s in singleop.WEIGHT_SLOTS[op]}
@@ -184,8 +182,25 @@ def test_weights_routed_as_the_runtime_needs(op, options, float_models, quantize
     opts = oq.builtinOptions
     if hybrid and opts is not None and hasattr(opts, "asymmetricQuantizeInputs"):
         assert opts.asymmetricQuantizeInputs, "the hybrid kernel is asked for asymmetric inputs"
-    # Everything but the weights is kept: the other inputs and the outputs are the same tensors.
+    # Everything but the weights is kept: the other inputs are the same tensors.
     others = [i for s, i in enumerate(oo.inputs) if s not in singleop.WEIGHT_SLOTS[op]]
     assert [i for s, i in enumerate(oq.inputs) if s not in singleop.WEIGHT_SLOTS[op]] == others
-    assert list(oq.outputs) == list(oo.outputs)
     assert out.stat().st_size < float_models[op].stat().st_size
+
+
+# Issue 10, item 7: in dynamic mode an op whose options table is missing comes out hybrid
+# without `asymmetric_quantize_inputs` (the table is not created). Measured today: the FC
+# model below has no options after tflq, and still computes right (42.5 dB XNNPACK, 42.0 dB
+# builtin: symmetric activation quantization), so this is a missing option, not a wrong output.
+@pytest.mark.xfail(strict=True, reason="issue 10 item 7: a missing options table is not created")
+@pytest.mark.parametrize("op", ["FULLY_CONNECTED", "BATCH_MATMUL"])
+def test_hybrid_op_without_options_gets_asymmetric_inputs(op, tmp_path):
+    src = tmp_path / f"{op.lower()}_no_options.tflite"
+    src.write_bytes(singleop.without_options(singleop.BUILDERS[op](seed=7)))
+    assert Model(src).m.subgraphs[0].operators[0].builtinOptions is None
+    out, summary = quantize(src, "dynamic")
+    assert all(r["hybrid"] for r in summary["quantized"])
+    for path in PATHS:
+        assert sqnr_db(run(src, "builtin", 0), run(out, path, 0)) >= MIN_SQNR_DB_INT8
+    (oq,) = Model(out).m.subgraphs[0].operators
+    assert oq.builtinOptions is not None and oq.builtinOptions.asymmetricQuantizeInputs
