@@ -10,11 +10,14 @@ mod modes;
 mod quantize;
 mod report;
 
-// Shared with the in-process mutation tests (`tests/mutate`): the named attacks and the PRNG.
+// Shared with the in-process mutation tests (`tests/mutate`): the named attacks, the PRNG and
+// the structural diff of a weight-only rewrite.
 #[path = "../mutate/attacks.rs"]
 mod attacks;
 #[path = "../mutate/rng.rs"]
 mod rng;
+#[path = "../mutate/structure.rs"]
+mod structure;
 
 use std::path::{Path, PathBuf};
 

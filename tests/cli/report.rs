@@ -633,3 +633,150 @@ fn float16_report_matches_the_written_half_floats() {
         );
     }
 }
+
+/// A weight quantized here, independently of tflq: per-tensor asymmetric int8 over
+/// [min(lo, 0), max(hi, 0)], codes = round(x / scale) + zero point, clamped.
+struct Quantized {
+    codes: Vec<u8>,
+    scale: f32,
+    zero_point: i64,
+    /// SQNR of the dequantized codes against `x`, in dB, computed in f64.
+    sqnr_db: f64,
+}
+
+fn quantize_here(x: &[f64]) -> Quantized {
+    let lo = x.iter().copied().fold(0.0, f64::min);
+    let hi = x.iter().copied().fold(0.0, f64::max);
+    let scale = ((hi - lo) / 255.0) as f32;
+    let s = f64::from(scale);
+    let zero_point = (-128.0 - lo / s).round().clamp(-128.0, 127.0) as i64;
+    let codes: Vec<i8> = x
+        .iter()
+        .map(|&v| ((v / s).round() + zero_point as f64).clamp(-128.0, 127.0) as i8)
+        .collect();
+    let (signal, noise) = x.iter().zip(&codes).fold((0.0, 0.0), |(a, b), (&v, &c)| {
+        let y = s * (f64::from(c) - zero_point as f64);
+        (a + v * v, b + (v - y) * (v - y))
+    });
+    Quantized {
+        codes: codes.iter().map(|&c| c as u8).collect(),
+        scale,
+        zero_point,
+        sqnr_db: 10.0 * (signal / noise).log10(),
+    }
+}
+
+/// The float weights (FLOAT32 constants of >= 1024 elements) of subgraph 0 of `m`.
+fn big_float_constants(m: &tflq_schema::ModelT) -> Vec<usize> {
+    let bufs = m.buffers.as_ref().unwrap();
+    let sg = &m.subgraphs.as_ref().unwrap()[0];
+    (0..sg.tensors.as_ref().unwrap().len())
+        .filter(|&i| {
+            let t = &sg.tensors.as_ref().unwrap()[i];
+            let n = bufs[t.buffer as usize].data.as_ref().map_or(0, Vec::len);
+            t.type_ == tflq_schema::TensorType::FLOAT32 && n >= 4 * 1024
+        })
+        .collect()
+}
+
+/// A "quantized" mlp made here as another tool might write it: each float weight becomes an
+/// INT8 tensor (codes and parameters from [`quantize_here`]) renamed by `rename`; the
+/// operators are dropped, so nothing lines up and only the buffer or the name can match;
+/// with `renumber`, the buffers are stored in reverse order (plus one empty buffer, so that
+/// the counts differ). Returns the model and, per weight tensor index: (name, SQNR).
+fn foreign_mlp(rename: impl Fn(&str) -> String, renumber: bool) -> (Vec<u8>, Vec<(usize, f64)>) {
+    use tflq_schema as fb;
+    let mut m = attacks::unpack(&std::fs::read(fixture("mlp.tflite")).unwrap());
+    let weights = big_float_constants(&m);
+    assert!(weights.len() >= 2, "mlp has weights");
+    let mut expected = Vec::new();
+    let bufs = m.buffers.as_mut().unwrap();
+    let sg = &mut m.subgraphs.as_mut().unwrap()[0];
+    for &w in &weights {
+        let t = &mut sg.tensors.as_mut().unwrap()[w];
+        let x = f32s(bufs[t.buffer as usize].data.as_ref().unwrap());
+        let q = quantize_here(&x);
+        bufs[t.buffer as usize].data = Some(q.codes);
+        t.type_ = fb::TensorType::INT8;
+        t.name = Some(rename(t.name.as_deref().unwrap_or_default()));
+        let mut qp = fb::QuantizationParametersT::default();
+        qp.scale = Some(vec![q.scale]);
+        qp.zero_point = Some(vec![q.zero_point]);
+        t.quantization = Some(Box::new(qp));
+        expected.push((w, q.sqnr_db));
+    }
+    sg.operators = Some(Vec::new());
+    if renumber {
+        let n = bufs.len();
+        let new_index = |b: u32| if b == 0 { 0 } else { (n as u32) - b };
+        for t in sg.tensors.as_mut().unwrap() {
+            t.buffer = new_index(t.buffer);
+        }
+        let mut reordered = vec![fb::BufferT::default(); n];
+        for (i, b) in bufs.iter().enumerate() {
+            reordered[new_index(i as u32) as usize] = b.clone();
+        }
+        reordered.push(fb::BufferT::default());
+        *bufs = reordered;
+    }
+    (attacks::pack(&m), expected)
+}
+
+/// Checks the report of mlp.tflite against `quant`: exactly the weights are measured, each
+/// matched `by` the rule named, to the tensor of the same index, with the SQNR computed here.
+fn check_foreign(quant: &[u8], expected: &[(usize, f64)], by: &str) {
+    let dir = tmp();
+    let q = dir.path().join("foreign.tflite");
+    std::fs::write(&q, quant).unwrap();
+    let report = report_json(&[p(&fixture("mlp.tflite")), "--against", p(&q)]);
+    assert_eq!(report["unmatched"].as_array().unwrap().len(), 0, "{report}");
+    let rows = report["tensors"].as_array().unwrap();
+    assert_eq!(rows.len(), expected.len(), "one row per weight");
+    for &(w, sqnr) in expected {
+        let r = rows
+            .iter()
+            .find(|r| r["tensor"] == w)
+            .unwrap_or_else(|| panic!("weight {w} is not measured"));
+        assert_eq!(r["quantized"]["matched_by"], by, "{r}");
+        assert_eq!(r["quantized"]["tensor"], w, "matched to its own tensor");
+        close(&r["sqnr_db"], sqnr, 1e-6, &format!("tensor {w}"));
+        assert!(
+            sqnr > 30.0 && sqnr < 60.0,
+            "{sqnr}: a plausible int8 figure"
+        );
+    }
+}
+
+#[test]
+fn against_matches_by_buffer_when_names_differ() {
+    let (q, expected) = foreign_mlp(|n| format!("w{}", n.len()), false);
+    check_foreign(&q, &expected, "buffer");
+}
+
+#[test]
+fn against_matches_by_name_when_buffers_are_renumbered() {
+    let (q, expected) = foreign_mlp(|n| n.to_owned(), true);
+    check_foreign(&q, &expected, "name");
+    // A suffix a converter adds is taken off.
+    let (q, expected) = foreign_mlp(|n| format!("{n}_int8"), true);
+    check_foreign(&q, &expected, "name");
+}
+
+#[test]
+fn against_lists_as_unmatched_what_neither_buffer_nor_name_finds() {
+    let (q, expected) = foreign_mlp(|n| format!("{n}_other"), true);
+    let dir = tmp();
+    let path = dir.path().join("foreign.tflite");
+    std::fs::write(&path, q).unwrap();
+    let report = report_json(&[p(&fixture("mlp.tflite")), "--against", p(&path)]);
+    assert_eq!(report["tensors"].as_array().unwrap().len(), 0);
+    let unmatched = report["unmatched"].as_array().unwrap();
+    let mut listed: Vec<u64> = unmatched
+        .iter()
+        .map(|u| u["tensor"].as_u64().unwrap())
+        .collect();
+    listed.sort_unstable();
+    let mut want: Vec<u64> = expected.iter().map(|&(w, _)| w as u64).collect();
+    want.sort_unstable();
+    assert_eq!(listed, want);
+}

@@ -21,6 +21,7 @@ mod memory;
 mod property;
 mod rng;
 mod slots;
+mod structure;
 
 use std::time::Duration;
 

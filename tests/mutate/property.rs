@@ -9,23 +9,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tflq::{LayoutPolicy, Options};
+use tflq::{Granularity, LayoutPolicy, Mode, Options, WeightType};
 use tflq_schema as fb;
 
 use crate::attacks::unpack;
 use crate::generator;
 use crate::harness::{self, env_u64};
 use crate::rng::Rng;
+use crate::structure::{check_weight_only, code_of, data};
 
 const DEQUANTIZE: i32 = 6;
-
-fn data(m: &fb::ModelT, buffer: u32) -> &[u8] {
-    m.buffers
-        .as_ref()
-        .and_then(|b| b.get(buffer as usize))
-        .and_then(|b| b.data.as_deref())
-        .unwrap_or(&[])
-}
 
 /// The (subgraph, tensor) pairs the rules say must be quantized.
 fn expected(m: &fb::ModelT, min_elements: u64) -> BTreeSet<(usize, usize)> {
@@ -73,135 +66,6 @@ fn expected(m: &fb::ModelT, min_elements: u64) -> BTreeSet<(usize, usize)> {
         .collect()
 }
 
-fn code_of(c: &fb::OperatorCodeT) -> i32 {
-    c.builtin_code.0.max(i32::from(c.deprecated_builtin_code))
-}
-
-/// Checks that `output` is `input` with exactly the tensors of `want` quantized.
-fn check_rewrite(input: &[u8], output: &[u8], want: &BTreeSet<(usize, usize)>) {
-    if want.is_empty() {
-        assert_eq!(
-            input, output,
-            "nothing to do: the input comes out unchanged"
-        );
-        return;
-    }
-    let (a, b) = (unpack(input), unpack(output));
-    assert_eq!(a.version, b.version);
-    assert_eq!(a.description, b.description);
-    assert_eq!(a.metadata, b.metadata);
-    assert_eq!(a.metadata_buffer, b.metadata_buffer);
-    assert_eq!(a.signature_defs, b.signature_defs);
-    let (ab, bb) = (a.buffers.as_ref().unwrap(), b.buffers.as_ref().unwrap());
-    assert_eq!(ab.len(), bb.len(), "buffer count");
-    let quantized_buffers: BTreeSet<u32> = want
-        .iter()
-        .map(|&(s, t)| a.subgraphs.as_ref().unwrap()[s].tensors.as_ref().unwrap()[t].buffer)
-        .collect();
-    for i in 0..ab.len() as u32 {
-        if !quantized_buffers.contains(&i) {
-            assert_eq!(data(&a, i), data(&b, i), "buffer {i} keeps its bytes");
-        }
-    }
-
-    // Operator codes: unchanged but for one DEQUANTIZE, reused (version >= 2) or appended.
-    let (ac, bc) = (
-        a.operator_codes.clone().unwrap(),
-        b.operator_codes.clone().unwrap(),
-    );
-    let dq: Vec<usize> = (0..bc.len())
-        .filter(|&i| code_of(&bc[i]) == DEQUANTIZE && bc[i].custom_code.is_none())
-        .collect();
-    let dq = dq[0];
-    assert!(bc.len() == ac.len() || (bc.len() == ac.len() + 1 && dq == ac.len()));
-    assert!(bc[dq].version >= 2);
-    for (i, c) in ac.iter().enumerate() {
-        if i != dq {
-            assert_eq!(c, &bc[i], "operator code {i}");
-        }
-    }
-
-    for (si, (sa, sb)) in a
-        .subgraphs
-        .as_ref()
-        .unwrap()
-        .iter()
-        .zip(b.subgraphs.as_ref().unwrap())
-        .enumerate()
-    {
-        let (ta, tb) = (sa.tensors.clone().unwrap(), sb.tensors.clone().unwrap());
-        let (oa, ob) = (
-            sa.operators.clone().unwrap_or_default(),
-            sb.operators.clone().unwrap_or_default(),
-        );
-        let mine: Vec<usize> = want
-            .iter()
-            .filter(|(s, _)| *s == si)
-            .map(|&(_, t)| t)
-            .collect();
-        let added = tb.len() - ta.len();
-        assert_eq!(
-            added,
-            mine.len(),
-            "subgraph {si}: one twin per quantized tensor"
-        );
-        assert_eq!(
-            ob.len(),
-            oa.len() + added,
-            "subgraph {si}: one DEQUANTIZE each"
-        );
-        assert_eq!(
-            &ob[added..],
-            &oa[..],
-            "subgraph {si}: old operators unchanged"
-        );
-        assert_eq!((&sa.inputs, &sa.outputs), (&sb.inputs, &sb.outputs));
-        assert_eq!(sa.name, sb.name);
-        let mut done = BTreeSet::new();
-        for (k, op) in ob[..added].iter().enumerate() {
-            assert_eq!(op.opcode_index as usize, dq);
-            let twin_index = ta.len() + k;
-            assert_eq!(op.inputs.as_deref(), Some(&[twin_index as i32][..]));
-            let t = op.outputs.as_ref().unwrap()[0] as usize;
-            assert!(
-                mine.contains(&t),
-                "subgraph {si}: tensor {t} was not to be quantized"
-            );
-            done.insert(t);
-            let (orig, twin) = (&ta[t], &tb[twin_index]);
-            assert_eq!(tb[t].buffer, 0, "the float tensor lost its data");
-            assert_eq!(twin.buffer, orig.buffer);
-            assert_eq!(twin.type_, fb::TensorType::INT8);
-            assert_eq!(twin.shape, orig.shape);
-            assert_eq!(twin.shape_signature, orig.shape_signature);
-            let q = twin.quantization.as_ref().unwrap();
-            let (scale, zp) = (q.scale.as_ref().unwrap(), q.zero_point.as_ref().unwrap());
-            assert_eq!((scale.len(), zp.len()), (1, 1));
-            assert!(scale[0] > 0.0 && scale[0].is_finite());
-            assert!((-128..=127).contains(&zp[0]));
-            let floats = data(&a, orig.buffer);
-            let codes = data(&b, twin.buffer);
-            assert_eq!(codes.len() * 4, floats.len());
-            for (f, &c) in floats.chunks_exact(4).zip(codes) {
-                let x = f32::from_le_bytes(f.try_into().unwrap());
-                let y = scale[0] * (i64::from(c as i8) - zp[0]) as f32;
-                assert!(
-                    (x - y).abs() <= scale[0] * 0.5001 + x.abs() * 1e-6,
-                    "{x} vs {y}"
-                );
-            }
-        }
-        assert_eq!(done.len(), mine.len(), "subgraph {si}: every tensor once");
-        for (i, (x, y)) in ta.iter().zip(&tb).enumerate() {
-            let mut x = x.clone();
-            if mine.contains(&i) {
-                x.buffer = 0;
-            }
-            assert_eq!(&x, y, "subgraph {si} tensor {i} changed beyond its buffer");
-        }
-    }
-}
-
 #[test]
 fn quantizing_random_models_changes_exactly_what_it_should() {
     let cases = env_u64("TFLQ_PROPERTY_CASES", 300);
@@ -227,7 +91,7 @@ fn quantizing_random_models_changes_exactly_what_it_should() {
             .collect();
         assert_eq!(got, want, "generated model {i}: which tensors");
         assert_eq!(out.summary.changed, !want.is_empty());
-        let run = std::panic::catch_unwind(|| check_rewrite(&g.bytes, &out.bytes, &want));
+        let run = std::panic::catch_unwind(|| check_weight_only(&g.bytes, &out.bytes, &want));
         if run.is_err() {
             panic!("generated model {i} (min_elements {})", opts.min_elements);
         }
@@ -256,4 +120,271 @@ fn generated_models_are_read_back_as_built() {
             }
         }
     }
+}
+
+/// Option sets beyond the defaults: each mode, granularity, symmetry and type, and combined.
+fn option_sets() -> Vec<(&'static str, Options)> {
+    let o = Options::default;
+    vec![
+        (
+            "dynamic",
+            Options {
+                mode: Mode::Dynamic,
+                ..o()
+            },
+        ),
+        (
+            "per-channel",
+            Options {
+                granularity: Granularity::PerChannel,
+                ..o()
+            },
+        ),
+        (
+            "symmetric",
+            Options {
+                symmetric: true,
+                ..o()
+            },
+        ),
+        (
+            "float16",
+            Options {
+                weight_type: WeightType::Float16,
+                ..o()
+            },
+        ),
+        (
+            "dynamic per-channel",
+            Options {
+                mode: Mode::Dynamic,
+                granularity: Granularity::PerChannel,
+                ..o()
+            },
+        ),
+        (
+            "per-channel symmetric external",
+            Options {
+                granularity: Granularity::PerChannel,
+                symmetric: true,
+                layout: LayoutPolicy::External,
+                ..o()
+            },
+        ),
+        (
+            "dynamic float16 per-channel",
+            Options {
+                mode: Mode::Dynamic,
+                weight_type: WeightType::Float16,
+                granularity: Granularity::PerChannel,
+                ..o()
+            },
+        ),
+    ]
+}
+
+/// Operators with weight handling of their own (hybrid kernels, channel axes), written in
+/// place of the generator's CONV_2D code so that the property runs over them too.
+const RETARGET: &[i32] = &[3, 4, 7, 9, 16, 24, 27, 35, 36, 44, 46, 52, 67, 126, 132];
+
+/// The generated model with its CONV_2D operator code (index 2) replaced by another code.
+fn retarget(m: &fb::ModelT, code: i32) -> (fb::ModelT, Vec<u8>) {
+    let mut m = m.clone();
+    let c = &mut m.operator_codes.as_mut().unwrap()[2];
+    c.builtin_code = fb::BuiltinOperator(code);
+    c.deprecated_builtin_code = code.min(127) as i8;
+    let bytes = crate::attacks::pack(&m);
+    (m, bytes)
+}
+
+fn dims(t: &fb::TensorT) -> Vec<usize> {
+    t.shape.iter().flatten().map(|&d| d as usize).collect()
+}
+
+/// Checks one quantized tensor of `b` (the output) against its float original in `a`, from
+/// the raw bytes: the stored type, and every stored value within half a step (int8, per
+/// tensor or per channel along `quantized_dimension`) or within float16 rounding.
+fn check_encoding(
+    a: &fb::ModelT,
+    b: &fb::ModelT,
+    row: &tflq::summary::QuantizedTensor,
+    opts: &Options,
+) {
+    let (s, t) = (row.subgraph, row.tensor);
+    let (sa, sb) = (
+        &a.subgraphs.as_ref().unwrap()[s],
+        &b.subgraphs.as_ref().unwrap()[s],
+    );
+    let orig = &sa.tensors.as_ref().unwrap()[t];
+    let tb = sb.tensors.as_ref().unwrap();
+    let codes = b.operator_codes.as_ref().unwrap();
+    let is_dq = |o: &fb::OperatorT| code_of(&codes[o.opcode_index as usize]) == DEQUANTIZE;
+    let reads = |o: &fb::OperatorT, i: usize| o.inputs.iter().flatten().any(|&x| x == i as i32);
+    // The codes: in place of the float tensor (only hybrid readers), or in a twin that a
+    // DEQUANTIZE turns back into the float tensor for the other readers.
+    let writer = sb
+        .operators
+        .iter()
+        .flatten()
+        .find(|o| o.outputs.as_deref() == Some(&[t as i32][..]) && is_dq(o));
+    let si = writer.map_or(t, |op| op.inputs.as_ref().unwrap()[0] as usize);
+    let stored = &tb[si];
+    let direct = sb
+        .operators
+        .iter()
+        .flatten()
+        .any(|o| !is_dq(o) && reads(o, si));
+    assert_eq!(
+        direct, row.hybrid,
+        "{s}/{t}: read directly by an op iff the summary says hybrid"
+    );
+    assert_eq!(
+        stored.buffer, orig.buffer,
+        "{s}/{t}: the codes reuse the buffer index"
+    );
+    assert_eq!(stored.shape, orig.shape);
+    let floats: Vec<f32> = data(a, orig.buffer)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let raw = data(b, stored.buffer);
+    if opts.weight_type == WeightType::Float16 {
+        assert!(
+            !row.hybrid,
+            "{s}/{t}: float16 weights never go to a hybrid kernel"
+        );
+        assert_eq!(stored.type_, fb::TensorType::FLOAT16);
+        assert_eq!(raw.len(), floats.len() * 2);
+        for (x, h) in floats.iter().zip(raw.chunks_exact(2)) {
+            let y = half::f16::from_le_bytes([h[0], h[1]]).to_f32();
+            // Round to nearest: half an ulp of 11 significant bits, or of the subnormal step.
+            let tol = (x.abs() * 2f32.powi(-11)).max(2f32.powi(-25));
+            assert!((x - y).abs() <= tol, "{s}/{t}: float16 {x} stored as {y}");
+        }
+        return;
+    }
+    assert_eq!(stored.type_, fb::TensorType::INT8);
+    assert_eq!(raw.len(), floats.len());
+    let q = stored.quantization.as_ref().unwrap();
+    let (scale, zp) = (q.scale.clone().unwrap(), q.zero_point.clone().unwrap());
+    assert_eq!(scale.len(), zp.len());
+    let shape = dims(orig);
+    let axis = q.quantized_dimension as usize;
+    let channels = if scale.len() > 1 { shape[axis] } else { 1 };
+    assert_eq!(
+        scale.len(),
+        channels,
+        "{s}/{t}: one scale per channel of axis {axis}"
+    );
+    if opts.granularity == Granularity::PerTensor && scale.len() > 1 {
+        // Only a kernel that needs one scale per channel gets them, all equal.
+        assert!(
+            row.hybrid && scale.iter().all(|&x| x == scale[0]),
+            "{s}/{t}"
+        );
+    }
+    let inner: usize = shape[axis.min(shape.len())..].iter().skip(1).product();
+    let symmetric = opts.symmetric || row.hybrid;
+    for (i, (&x, &c)) in floats.iter().zip(raw).enumerate() {
+        let ch = if channels > 1 {
+            (i / inner) % channels
+        } else {
+            0
+        };
+        let (sc, z) = (scale[ch], zp[ch]);
+        assert!(sc > 0.0 && sc.is_finite() && (-128..=127).contains(&z));
+        let c = c as i8;
+        if symmetric {
+            assert!(
+                z == 0 && c >= -127,
+                "{s}/{t}: symmetric codes, zero point 0"
+            );
+        }
+        let y = sc * (i64::from(c) - z) as f32;
+        assert!(
+            (x - y).abs() <= sc * 0.5001 + x.abs() * 1e-6,
+            "{s}/{t} element {i}: {x} stored as {y} (scale {sc}, zero point {z})"
+        );
+    }
+}
+
+/// The properties of the default run, over dynamic, per-channel, symmetric and float16
+/// options and their combinations, on generated models whose operators include every op
+/// with a hybrid kernel or a channel axis: the same tensors are chosen as the rules say;
+/// each is stored as the options ask and decodes to its float values; hybrid weights are
+/// read directly and the rest through DEQUANTIZE; the output verifies and re-reads; a
+/// second run with the same options changes nothing; nothing panics.
+#[test]
+fn quantizing_random_models_in_every_mode_keeps_the_properties() {
+    let cases = env_u64("TFLQ_PROPERTY_MODE_CASES", 120);
+    let (mut hybrid, mut per_channel, mut changed) = (0, 0, 0);
+    for i in 0..cases {
+        let mut rng = Rng::new(0x30de_0000 + i);
+        let g = generator::model(&mut rng);
+        let code = *rng.pick(RETARGET);
+        let (model, bytes) = retarget(&g.model, code);
+        let min_elements = *rng.pick(&[0, 16, 1024]);
+        let want = expected(&model, min_elements);
+        for (name, base) in option_sets() {
+            let opts = Options {
+                min_elements,
+                ..base
+            };
+            let what =
+                format!("generated model {i} (code {code}, {name}, min_elements {min_elements})");
+            let out = std::panic::catch_unwind(|| tflq::quantize(&bytes, &opts))
+                .unwrap_or_else(|_| panic!("{what}: panics"))
+                .unwrap_or_else(|e| panic!("{what}: refused: {e}"));
+            let got: BTreeSet<(usize, usize)> = out
+                .summary
+                .quantized
+                .iter()
+                .map(|q| (q.subgraph, q.tensor))
+                .collect();
+            assert_eq!(got, want, "{what}: which tensors");
+            assert_eq!(out.summary.changed, !want.is_empty(), "{what}");
+            fb::root_as_model(&out.bytes)
+                .unwrap_or_else(|e| panic!("{what}: does not verify: {e}"));
+            tflq::Model::parse(&out.bytes)
+                .unwrap_or_else(|e| panic!("{what}: does not re-read: {e}"));
+            if want.is_empty() {
+                assert_eq!(out.bytes, bytes, "{what}: nothing to do, unchanged");
+                continue;
+            }
+            changed += 1;
+            let (a, b) = (unpack(&bytes), unpack(&out.bytes));
+            for row in &out.summary.quantized {
+                let run = std::panic::catch_unwind(|| check_encoding(&a, &b, row, &opts));
+                assert!(
+                    run.is_ok(),
+                    "{what}: tensor {}/{}",
+                    row.subgraph,
+                    row.tensor
+                );
+                hybrid += usize::from(row.hybrid);
+                per_channel += usize::from(row.channels.is_some());
+                if row.hybrid {
+                    assert!(opts.mode == Mode::Dynamic && opts.weight_type == WeightType::Int8);
+                }
+            }
+            let again = tflq::quantize(&out.bytes, &opts)
+                .unwrap_or_else(|e| panic!("{what}: refuses its own output: {e}"));
+            assert!(
+                !again.summary.changed,
+                "{what}: a second run changes the model"
+            );
+            assert_eq!(
+                again.bytes, out.bytes,
+                "{what}: a second run changes the bytes"
+            );
+        }
+    }
+    // The cases must reach the paths under test, not only weight-only per-tensor.
+    assert!(
+        hybrid > 0 && per_channel > 0 && changed > 0,
+        "hybrid {hybrid}, per-channel {per_channel}, changed {changed}"
+    );
+    eprintln!(
+        "mode property: {changed} rewrites, {hybrid} hybrid and {per_channel} per-channel tensors"
+    );
 }

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from test_oracle import (
-    DEEP_FIXTURES, FIXTURES, FLOAT_ENTRIES, MIN_SQNR_DB, MIN_SQNR_DB_DEEP, T, Model, ids,
+    DEEP_FIXTURES, FIXTURES, FLOAT_ENTRIES, MIN_SQNR_DB, MIN_SQNR_DB_DEEP, T, Model, aligned_ops, ids,
     quantize, run_model, sqnr_db, tfl,  # noqa: F401 (quantize is a pytest fixture)
 )
 
@@ -71,11 +71,6 @@ def test_mode_runs_and_stays_close(case, quantize):
     assert out.stat().st_size < src.stat().st_size
 
 
-def inserted_dequantize_outputs(m: Model, g) -> set[int]:
-    return {op.outputs[0] for op in g.operators or []
-            if m.opcode(op)[0] == OP.DEQUANTIZE and m.data(g.tensors[op.inputs[0]])}
-
-
 def is_big_float_const(m: Model, t) -> bool:
     return t.type == T.FLOAT32 and len(m.data(t)) >= 4 * MIN_ELEMENTS
 
@@ -89,12 +84,9 @@ def test_hybrid_ops_read_int8_weights_directly(case, quantize):
     orig, q = Model(FIXTURES / entry["file"]), Model(quantize(entry["file"], *MODES[mode]))
     hybrid = 0
     for go, gq in zip(orig.m.subgraphs, q.m.subgraphs):
-        dq_outputs = inserted_dequantize_outputs(q, gq)
-        ops_q = [op for op in gq.operators or []
-                 if not (q.opcode(op)[0] == OP.DEQUANTIZE and op.outputs[0] in dq_outputs)]
-        for oo, oq in zip(go.operators or [], ops_q):
+        dq_outputs = q.inserted_dequantizes(gq)
+        for oo, oq in aligned_ops(orig, go, q, gq):
             code = orig.opcode(oo)[0]
-            assert code == q.opcode(oq)[0]
             if code not in HYBRID:
                 continue
             slots, v_tensor, v_channel = HYBRID[code]

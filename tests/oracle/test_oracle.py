@@ -146,18 +146,30 @@ class Model:
         return sum(seen.values())
 
     def inserted_dequantizes(self, g) -> dict[int, object]:
-        """DEQUANTIZE ops fed by an INT8 constant, by output tensor index."""
+        """DEQUANTIZE ops fed by an INT8 or FLOAT16 constant, by output tensor index."""
         return {
             op.outputs[0]: op
             for op in g.operators or []
             if self.opcode(op)[0] == tfl.BuiltinOperator.DEQUANTIZE
-            and g.tensors[op.inputs[0]].type == T.INT8
+            and g.tensors[op.inputs[0]].type in (T.INT8, T.FLOAT16)
             and self.data(g.tensors[op.inputs[0]])
         }
 
     def other_ops(self, g) -> list:
         inserted = {id(op) for op in self.inserted_dequantizes(g).values()}
         return [op for op in g.operators or [] if id(op) not in inserted]
+
+
+def aligned_ops(orig: Model, go, quant: Model, gq) -> list[tuple[object, object]]:
+    """The structural diff of one subgraph: the operators of the float model paired with
+    those of the quantized one, DEQUANTIZE ops of INT8/FLOAT16 constants left out; both must run the
+    same operator codes in the same order, with as many inputs and the same outputs."""
+    ops_o, ops_q = orig.other_ops(go), quant.other_ops(gq)
+    assert [orig.opcode(o) for o in ops_o] == [quant.opcode(o) for o in ops_q], "operators differ"
+    for oo, oq in zip(ops_o, ops_q):
+        assert len(oo.inputs) == len(oq.inputs), orig.opcode(oo)
+        assert list(oo.outputs) == list(oq.outputs), orig.opcode(oo)
+    return list(zip(ops_o, ops_q))
 
 
 # ------------------------------------------------------------------- running
@@ -259,10 +271,7 @@ def test_structure(entry, quantize):
             assert dst.type == T.FLOAT32 and not quant.data(dst), dst.name
             assert dims(src) == dims(dst), src.name
 
-        ops_o, ops_q = orig.other_ops(go), quant.other_ops(gq)
-        assert [orig.opcode(o) for o in ops_o] == [quant.opcode(o) for o in ops_q]
-        for oo, oq in zip(ops_o, ops_q):
-            assert len(oo.inputs) == len(oq.inputs)
+        for oo, oq in aligned_ops(orig, go, quant, gq):
             for io, iq in zip(oo.inputs, oq.inputs):
                 if iq in deq:
                     check_roundtrip(orig, go.tensors[io], quant, gq.tensors[deq[iq].inputs[0]])
