@@ -1053,3 +1053,77 @@ fn check_control_flow(root: &fb::Model<'_>, count: usize) -> Result<(), ModelErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MLP: &[u8] = include_bytes!("../fixtures/mlp.tflite");
+    const DEPRECATED: &[u8] = include_bytes!("../fixtures/deprecated_opcodes.tflite");
+    const EXTERNAL: &[u8] = include_bytes!("../fixtures/external_buffers.tflite");
+
+    #[test]
+    fn reads_operators_tensors_and_buffers_of_a_model() {
+        let m = Model::parse(MLP).unwrap();
+        // fixtures/manifest.json: FULLY_CONNECTED x3 and SOFTMAX in one subgraph.
+        let ops: Vec<String> = m.subgraphs()[0].ops.iter().map(|o| o.name()).collect();
+        assert_eq!(
+            ops,
+            [
+                "FULLY_CONNECTED",
+                "FULLY_CONNECTED",
+                "FULLY_CONNECTED",
+                "SOFTMAX"
+            ]
+        );
+        assert_eq!(m.opcodes()[0], Op::FullyConnected);
+        assert_eq!(m.bytes().len(), MLP.len());
+        // Buffer 0 is the sentinel; each tensor's data is exactly its shape times 4 bytes.
+        assert!(m.buffer_data(0).is_empty());
+        for t in &m.subgraphs()[0].tensors {
+            let data = m.buffer_data(t.buffer);
+            if !data.is_empty() && t.dtype == DType::FLOAT32 {
+                let n: i64 = t.shape.iter().map(|&d| i64::from(d)).product();
+                assert_eq!(data.len() as i64, 4 * n, "{}", t.name);
+                assert_eq!(t.elements as i64, n);
+            }
+        }
+        assert!(!m.has_external_buffers());
+    }
+
+    #[test]
+    fn old_opcode_fields_and_external_buffers_read_as_the_same_model() {
+        let (a, b, c) = (
+            Model::parse(MLP).unwrap(),
+            Model::parse(DEPRECATED).unwrap(),
+            Model::parse(EXTERNAL).unwrap(),
+        );
+        assert_eq!(a.opcodes(), b.opcodes());
+        assert!(c.has_external_buffers());
+        for (x, y) in a.subgraphs()[0]
+            .tensors
+            .iter()
+            .zip(&c.subgraphs()[0].tensors)
+        {
+            assert_eq!(x.name, y.name);
+            assert_eq!(
+                a.buffer_data(x.buffer),
+                c.buffer_data(y.buffer),
+                "{}",
+                x.name
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_model() {
+        assert!(Model::parse(b"").is_err());
+        assert!(Model::parse(b"hello, this is a text file, not a model").is_err());
+        // Cut in half: the tables point past the end.
+        assert!(Model::parse(&MLP[..MLP.len() / 2]).is_err());
+        // Another identifier.
+        let mut other = MLP.to_vec();
+        other[4..8].copy_from_slice(b"XXXX");
+        assert!(Model::parse(&other).is_err());
+    }
+}

@@ -577,3 +577,47 @@ fn encode_block(bytes: &[u8], first: usize, encoding: &Encoding, out: &mut Vec<u
     out.resize(encoding.bytes_for(n as u64) as usize, 0);
     crate::quant::with_f32(bytes, |values| encoding.encode_par(values, first, out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{self, Options};
+
+    const MLP: &[u8] = include_bytes!("../fixtures/mlp.tflite");
+
+    /// Data of every buffer of a written model, from its own tables.
+    fn buffer_bytes(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let m = Model::parse(bytes).unwrap();
+        (0..m.buffers().len() as u32)
+            .map(|b| m.buffer_data(b).to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn passing_the_inline_limit_moves_the_data_after_the_flatbuffer() {
+        let model = Model::parse(MLP).unwrap();
+        let plan = plan::plan(&model, &Options::default());
+        let mut inline = Vec::new();
+        let w = write_model_limited(&plan, LayoutPolicy::Auto, INLINE_LIMIT, &mut inline).unwrap();
+        assert_eq!(w.layout, Layout::Inline);
+        // A limit below this small model's size: the automatic switch must happen.
+        let mut moved = Vec::new();
+        let limit = inline.len() as u64 / 2;
+        let w = write_model_limited(&plan, LayoutPolicy::Auto, limit, &mut moved).unwrap();
+        assert_eq!(w.layout, Layout::External);
+        assert_eq!(w.len, moved.len() as u64);
+        let out = Model::parse(&moved).unwrap();
+        assert!(out.has_external_buffers());
+        // Every buffer with data is addressed by offset/size, 16-byte aligned, past the
+        // flatbuffer, and holds the same bytes as the inline layout.
+        for b in out.buffers().iter().filter(|b| !b.data.is_empty()) {
+            assert!(b.external);
+            assert_eq!(b.data.start % 16, 0);
+        }
+        assert_eq!(buffer_bytes(&moved), buffer_bytes(&inline));
+        // Forcing the layout gives the same file as crossing the limit.
+        let mut forced = Vec::new();
+        write_model(&plan, LayoutPolicy::External, &mut forced).unwrap();
+        assert_eq!(forced, moved);
+    }
+}

@@ -192,7 +192,6 @@ def test_weights_routed_as_the_runtime_needs(op, options, float_models, quantize
 # without `asymmetric_quantize_inputs` (the table is not created). Measured today: the FC
 # model below has no options after tflq, and still computes right (42.5 dB XNNPACK, 42.0 dB
 # builtin: symmetric activation quantization), so this is a missing option, not a wrong output.
-@pytest.mark.xfail(strict=True, reason="issue 10 item 7: a missing options table is not created")
 @pytest.mark.parametrize("op", ["FULLY_CONNECTED", "BATCH_MATMUL"])
 def test_hybrid_op_without_options_gets_asymmetric_inputs(op, tmp_path):
     src = tmp_path / f"{op.lower()}_no_options.tflite"
