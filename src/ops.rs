@@ -13,6 +13,8 @@ use tflq_schema as fb;
 /// which refuses codes the schema does not name (the runtime refuses them too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Op {
+    /// `ADD`.
+    Add,
     /// `CONV_2D`.
     Conv2d,
     /// `DEPTHWISE_CONV_2D`.
@@ -23,6 +25,12 @@ pub enum Op {
     EmbeddingLookup,
     /// `FULLY_CONNECTED`.
     FullyConnected,
+    /// `MUL`.
+    Mul,
+    /// `RELU`.
+    Relu,
+    /// `RELU6`.
+    Relu6,
     /// `LSTM`.
     Lstm,
     /// `RNN`.
@@ -33,6 +41,16 @@ pub enum Op {
     Call,
     /// `CUSTOM`: the operator code's `custom_code` names it.
     Custom,
+    /// `SUB`.
+    Sub,
+    /// `DIV`.
+    Div,
+    /// `PRELU`.
+    Prelu,
+    /// `MAXIMUM`.
+    Maximum,
+    /// `MINIMUM`.
+    Minimum,
     /// `UNIDIRECTIONAL_SEQUENCE_RNN`.
     UnidirectionalSequenceRnn,
     /// `GATHER`.
@@ -45,6 +63,8 @@ pub enum Op {
     BidirectionalSequenceLstm,
     /// `TRANSPOSE_CONV`.
     TransposeConv,
+    /// `SQUARED_DIFFERENCE`.
+    SquaredDifference,
     /// `IF`.
     If,
     /// `WHILE`.
@@ -55,22 +75,34 @@ pub enum Op {
     CallOnce,
     /// `CONV_3D`.
     Conv3d,
+    /// `CONV_3D_TRANSPOSE`.
+    Conv3dTranspose,
     /// Any other builtin the schema names, by code.
     Other(i32),
 }
 
 /// The variants with their schema codes: the one table both conversions read.
-const CODES: [(Op, i32); 21] = [
+const CODES: [(Op, i32); 32] = [
+    (Op::Add, 0),
     (Op::Conv2d, 3),
     (Op::DepthwiseConv2d, 4),
     (Op::Dequantize, 6),
     (Op::EmbeddingLookup, 7),
     (Op::FullyConnected, 9),
+    (Op::Mul, 18),
+    (Op::Relu, 19),
+    (Op::Relu6, 21),
     (Op::Lstm, 16),
     (Op::Rnn, 24),
     (Op::Svdf, 27),
     (Op::Call, 31),
     (Op::Custom, 32),
+    (Op::Sub, 41),
+    (Op::Div, 42),
+    (Op::Prelu, 54),
+    (Op::Maximum, 55),
+    (Op::Minimum, 57),
+    (Op::SquaredDifference, 99),
     (Op::UnidirectionalSequenceRnn, 35),
     (Op::Gather, 36),
     (Op::UnidirectionalSequenceLstm, 44),
@@ -82,6 +114,7 @@ const CODES: [(Op, i32); 21] = [
     (Op::BatchMatmul, 126),
     (Op::CallOnce, 129),
     (Op::Conv3d, 132),
+    (Op::Conv3dTranspose, 141),
 ];
 
 /// A builtin code the schema does not name.
@@ -161,6 +194,33 @@ pub fn channel_axis(op: Op, slot: usize, rank: usize) -> Option<usize> {
         _ => return None,
     };
     (axis < rank).then_some(axis)
+}
+
+/// The input slot of an operator's bias, if it has one: a vector of one value per output
+/// channel, added after the weights are applied.
+pub fn bias_slot(op: Op) -> Option<usize> {
+    match op {
+        Op::Conv2d | Op::DepthwiseConv2d | Op::FullyConnected | Op::Conv3d => Some(2),
+        // Inputs: output shape, weights, activation, bias.
+        Op::TransposeConv | Op::Conv3dTranspose => Some(3),
+        _ => None,
+    }
+}
+
+/// Whether `op` combines its inputs element by element (with broadcasting): a constant vector
+/// it reads is a per-channel scale or shift (a folded batch norm), or PReLU's slopes.
+pub fn is_elementwise(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Add
+            | Op::Mul
+            | Op::Sub
+            | Op::Div
+            | Op::Prelu
+            | Op::Maximum
+            | Op::Minimum
+            | Op::SquaredDifference
+    )
 }
 
 /// How an operator with a hybrid kernel takes int8 weights directly.
@@ -254,15 +314,16 @@ mod tests {
 
     #[test]
     fn other_builtins_keep_their_code_and_unknown_codes_are_refused() {
-        // ADD is 0 and RELU6 is 21 in the schema.
-        assert_eq!(Op::try_from(fb::BuiltinOperator(0)), Ok(Op::Other(0)));
-        assert_eq!(Op::Other(21).name(), "RELU6");
+        // SOFTMAX is 25 and TANH 28 in the schema.
+        assert_eq!(Op::try_from(fb::BuiltinOperator(25)), Ok(Op::Other(25)));
+        assert_eq!(Op::Other(28).name(), "TANH");
         assert_eq!(
             Op::try_from(fb::BuiltinOperator(100_000)),
             Err(UnknownOp(100_000))
         );
         assert_eq!(Op::by_name("fully_connected"), Some(Op::FullyConnected));
-        assert_eq!(Op::by_name("Add"), Some(Op::Other(0)));
+        assert_eq!(Op::by_name("Add"), Some(Op::Add));
+        assert_eq!(Op::by_name("softmax"), Some(Op::Other(25)));
         assert_eq!(Op::by_name("no_such_op"), None);
     }
 }

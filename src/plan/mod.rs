@@ -46,6 +46,9 @@ pub struct Options {
     pub exclude_ops: Vec<Op>,
     /// Weights whose name matches stay float.
     pub exclude_tensors: Option<regex::Regex>,
+    /// Quantize biases and per-channel vectors of elementwise ops too (they stay float by
+    /// default: a fraction of a percent of the bytes, and costly in accuracy).
+    pub quantize_biases: bool,
 }
 
 impl Default for Options {
@@ -60,6 +63,7 @@ impl Default for Options {
             include_ops: Vec::new(),
             exclude_ops: Vec::new(),
             exclude_tensors: None,
+            quantize_biases: false,
         }
     }
 }
@@ -156,6 +160,17 @@ pub enum SkipReason {
         /// The operator's name.
         op: String,
     },
+    /// The bias input of an operator (left float unless `--quantize-biases`).
+    Bias {
+        /// The operator's name.
+        op: String,
+    },
+    /// A vector of one value per channel read by an elementwise operator: a folded batch
+    /// norm's scale or shift, or PReLU's slopes (left float unless `--quantize-biases`).
+    ChannelVector {
+        /// The operator's name.
+        op: String,
+    },
     /// `--include-ops` is given and an operator that reads it is not listed (or none reads it).
     NotIncludedOp {
         /// The operator's name ("none" when no operator reads it).
@@ -180,6 +195,8 @@ impl SkipReason {
             SkipReason::SharedWithSkipped => "shared_with_skipped",
             SkipReason::ExcludedByName { .. } => "excluded_by_name",
             SkipReason::ExcludedOp { .. } => "excluded_op",
+            SkipReason::Bias { .. } => "bias",
+            SkipReason::ChannelVector { .. } => "channel_vector",
             SkipReason::NotIncludedOp { .. } => "not_included_op",
         }
     }
@@ -210,6 +227,16 @@ impl std::fmt::Display for SkipReason {
                 write!(f, "name matches --exclude-tensors {pattern:?}")
             }
             SkipReason::ExcludedOp { op } => write!(f, "read by {op}, which --exclude-ops lists"),
+            SkipReason::Bias { op } => {
+                write!(
+                    f,
+                    "bias of {op} (kept float; --quantize-biases quantizes it)"
+                )
+            }
+            SkipReason::ChannelVector { op } => write!(
+                f,
+                "per-channel vector read by {op} (kept float; --quantize-biases quantizes it)"
+            ),
             SkipReason::NotIncludedOp { op } => {
                 write!(f, "read by {op}, which --include-ops does not list")
             }

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::{Options, Readers, SkipReason};
 use crate::model::{DType, Model, TensorRef};
+use crate::ops;
 use crate::quant;
 
 /// What selection found.
@@ -53,6 +54,8 @@ fn reason(
             elements: t.elements,
             min_elements: opts.min_elements,
         }
+    } else if let Some(reason) = bias_like(model, readers, opts, r) {
+        reason
     } else if let Some(re) = opts
         .exclude_tensors
         .as_ref()
@@ -74,6 +77,33 @@ fn reason(
     } else {
         return None;
     })
+}
+
+/// Why a bias or a per-channel vector stays float, unless biases are to be quantized.
+fn bias_like(
+    model: &Model<'_>,
+    readers: &Readers,
+    opts: &Options,
+    r: TensorRef,
+) -> Option<SkipReason> {
+    if opts.quantize_biases {
+        return None;
+    }
+    let sg = &model.subgraphs()[r.subgraph];
+    let reads = readers
+        .of(r)
+        .iter()
+        .map(|&(oi, slot)| (sg.ops[oi].op, slot));
+    if let Some((op, _)) = reads
+        .clone()
+        .find(|&(op, slot)| ops::bias_slot(op) == Some(slot))
+    {
+        return Some(SkipReason::Bias { op: op.name() });
+    }
+    let t = model.tensor(r);
+    let vector = t.shape.iter().filter(|&&d| d != 1).count() == 1;
+    let (op, _) = reads.clone().find(|&(op, _)| ops::is_elementwise(op))?;
+    vector.then(|| SkipReason::ChannelVector { op: op.name() })
 }
 
 /// Marks the tensors named by `indices` (ignoring out-of-range ones).

@@ -180,9 +180,24 @@ fn min_elements_decides_what_is_too_small() {
         assert!(s["elements"].as_u64().unwrap() < 1024);
         assert_eq!(s["min_elements"], 1024);
     }
+    // With no minimum, the three kernels are quantized and the three biases stay float,
+    // each named as the bias of its FULLY_CONNECTED; --quantize-biases takes them too.
     let (_, all) = quantize(dir.path(), "mlp.tflite", &["--min-elements", "0"]);
-    assert_eq!(all["quantized"].as_array().unwrap().len(), 6);
-    assert_eq!(all["skipped"].as_array().unwrap().len(), 0);
+    assert_eq!(all["quantized"].as_array().unwrap().len(), 3);
+    let skipped = all["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 3);
+    for s in skipped {
+        assert_eq!(s["reason"], "bias");
+        assert_eq!(s["op"], "FULLY_CONNECTED");
+        assert!(s["name"].as_str().unwrap().contains("BiasAdd"), "{s}");
+    }
+    let (_, every) = quantize(
+        dir.path(),
+        "mlp.tflite",
+        &["--min-elements", "0", "--quantize-biases"],
+    );
+    assert_eq!(every["quantized"].as_array().unwrap().len(), 6);
+    assert_eq!(every["skipped"].as_array().unwrap().len(), 0);
 }
 
 #[test]

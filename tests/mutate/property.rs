@@ -32,6 +32,20 @@ fn expected(m: &fb::ModelT, min_elements: u64) -> BTreeSet<(usize, usize)> {
             .flat_map(|o| o.outputs.iter().flatten().copied())
             .collect();
         let inputs: BTreeSet<i32> = sg.inputs.iter().flatten().copied().collect();
+        // Each tensor's readers as (builtin code, input slot).
+        let mut reads: BTreeMap<i32, Vec<(i32, usize)>> = BTreeMap::new();
+        for o in sg.operators.iter().flatten() {
+            let code = m
+                .operator_codes
+                .as_ref()
+                .and_then(|c| c.get(o.opcode_index as usize))
+                .map_or(-1, |c| {
+                    c.builtin_code.0.max(i32::from(c.deprecated_builtin_code))
+                });
+            for (slot, &t) in o.inputs.iter().flatten().enumerate() {
+                reads.entry(t).or_default().push((code, slot));
+            }
+        }
         for (ti, t) in sg.tensors.iter().flatten().enumerate() {
             let bytes = data(m, t.buffer);
             if bytes.is_empty() {
@@ -45,7 +59,20 @@ fn expected(m: &fb::ModelT, min_elements: u64) -> BTreeSet<(usize, usize)> {
             let finite = bytes
                 .chunks_exact(4)
                 .all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite());
+            // Biases (CONV_2D 3, DEPTHWISE_CONV_2D 4, FULLY_CONNECTED 9, CONV_3D 132 at slot
+            // 2; TRANSPOSE_CONV 67, CONV_3D_TRANSPOSE 141 at slot 3) and vectors read by
+            // elementwise ops (ADD 0, MUL 18, SUB 41, DIV 42, PRELU 54, MAXIMUM 55, MINIMUM
+            // 57, SQUARED_DIFFERENCE 99) stay float by default.
+            let r = reads.get(&(ti as i32)).map_or(&[][..], Vec::as_slice);
+            let bias = r
+                .iter()
+                .any(|&(c, slot)| matches!((c, slot), (3 | 4 | 9 | 132, 2) | (67 | 141, 3)));
+            let vector = t.shape.iter().flatten().filter(|&&d| d != 1).count() == 1
+                && r.iter()
+                    .any(|&(c, _)| matches!(c, 0 | 18 | 41 | 42 | 54 | 55 | 57 | 99));
             let ok = t.type_ == fb::TensorType::FLOAT32
+                && !bias
+                && !vector
                 && t.external_buffer == 0
                 && !t.is_variable
                 && t.sparsity.is_none()
