@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::model::details::{self, Metadata, Quantization, Signature};
 use crate::model::{Model, op};
-use crate::report::format::human;
+use crate::text::human;
 
 /// Where a model's buffer data lives.
 #[derive(Debug, Clone, Serialize)]

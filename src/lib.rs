@@ -20,22 +20,28 @@
 //! describes what a model holds.
 
 pub mod batch;
+pub mod cancel;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod error;
-pub mod files;
 pub mod inspect;
+pub mod io;
 pub mod model;
 pub mod ops;
+pub mod pipeline;
 pub mod plan;
 pub mod quant;
 pub mod report;
 pub mod rewrite;
 pub mod summary;
+pub mod text;
 
 use std::io::Write;
 
+pub use cancel::Cancel;
 pub use error::{Error, ModelError, Result};
-pub use files::{FileOptions, quantize_file};
 pub use model::Model;
+pub use pipeline::{FileOptions, against_files, quantize_file, read_model, report_file};
 pub use plan::{Granularity, LayoutPolicy, Mode, Options, SkipReason, WeightType};
 pub use report::{Report, ReportOptions};
 pub use rewrite::Layout;

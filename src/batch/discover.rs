@@ -386,7 +386,7 @@ fn kind_of(name: &std::ffi::OsStr) -> Kind {
     if is_model { Kind::Model } else { Kind::Other }
 }
 
-/// A temporary file of [`crate::files::write_atomic`], left by a killed run.
+/// A temporary file of [`crate::io::write_atomic`], left by a killed run.
 fn is_partial(name: &std::ffi::OsStr) -> bool {
     let name = name.as_encoded_bytes();
     name.starts_with(b".tflq-") && name.ends_with(b".partial")
