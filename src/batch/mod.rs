@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::io::{same_file, write_atomic};
 use crate::pipeline::{FileOptions, quantize_file};
 use crate::summary::Summary;
-use crate::text::{human, ratio};
+use crate::text::{Align, Column, Cut, Table, human, ratio};
 
 /// Options of a batch.
 #[derive(Debug, Clone, Default)]
@@ -662,31 +662,28 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// One line of the table: status, path, sizes, ratio, tensors, worst SQNR, time.
-fn write_row(f: &mut fmt::Formatter<'_>, r: &FileReport, width: usize) -> fmt::Result {
-    let path = r.path.to_string_lossy();
-    write!(f, "{:<14} {path:<width$}", r.status.label())?;
+/// What a line of the table says after the status and the path: sizes, ratio, tensors,
+/// worst SQNR and time, or the error.
+fn row_rest(r: &FileReport) -> String {
     match (&r.error, r.output_bytes) {
-        (Some(e), _) => write!(f, "  {e}")?,
+        (Some(e), _) => format!("  {e}"),
         (None, Some(out)) if r.kind == Kind::Model => {
             let worst = match (r.tensors_quantized, r.worst_sqnr_db) {
                 (0, _) => String::new(),
                 (_, Some(db)) => format!("worst {db:.1} dB"),
                 (_, None) => "exact".to_owned(),
             };
-            write!(
-                f,
+            format!(
                 "  {:>10} -> {:>10} {:>7}  {:>4} tensors  {worst:<14} {}",
                 human(r.input_bytes),
                 human(out),
                 ratio(out, r.input_bytes),
                 r.tensors_quantized,
                 duration(r.seconds)
-            )?;
+            )
         }
-        _ => write!(f, "  {:>10}", human(r.input_bytes))?,
+        _ => format!("  {:>10}", human(r.input_bytes)),
     }
-    writeln!(f)
 }
 
 impl fmt::Display for BatchSummary {
@@ -696,14 +693,18 @@ impl fmt::Display for BatchSummary {
             .iter()
             .filter(|r| r.kind == Kind::Model || r.status != Status::Copied)
             .collect();
-        let width = shown
-            .iter()
-            .map(|r| r.path.to_string_lossy().chars().count())
-            .max()
-            .unwrap_or(0)
-            .min(60);
+        // Status, path (padded to the longest up to 60 characters, never cut), the rest.
+        let mut table = Table::new(vec![
+            Column::new("", Align::Left).gap(0).min(14),
+            Column::new("", Align::Left).gap(1).max(60, Cut::Keep),
+            Column::new("", Align::Left).gap(0),
+        ]);
         for r in &shown {
-            write_row(f, r, width)?;
+            let path = r.path.to_string_lossy().into_owned();
+            table.row(vec![r.status.label().to_owned(), path, row_rest(r)]);
+        }
+        for line in table.lines(false) {
+            writeln!(f, "{line}")?;
         }
         for p in &self.problems {
             let what = if p.is_error() { "error" } else { "warning" };

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use super::Report;
 use super::cells::{Column, columns, lists, summary_lines};
-use crate::text::{shorten, width_of};
+use crate::text::{self, Align, Cut, Table, width_of};
 
 /// Narrowest the name column gets before other columns go.
 const MIN_NAME: usize = 24;
@@ -66,54 +66,25 @@ pub fn write_table(report: &Report, width: usize, out: &mut dyn Write) -> io::Re
                 None => break,
             }
         }
-        let widths: Vec<usize> = cols
-            .iter()
-            .map(|c| {
-                if c.head == "tensor" {
-                    name_w
-                } else {
-                    natural(c)
-                }
-            })
-            .collect();
-        let line = |cells: Vec<String>| {
-            let mut s = String::new();
-            for (i, (cell, (c, &w))) in cells.iter().zip(cols.iter().zip(&widths)).enumerate() {
-                if i > 0 {
-                    s.push_str(&" ".repeat(GAP));
-                }
-                let pad = w.saturating_sub(width_of(cell));
-                let last = i + 1 == cols.len();
-                if c.right {
-                    s.push_str(&" ".repeat(pad));
-                    s.push_str(cell);
-                } else {
-                    s.push_str(cell);
-                    if !last {
-                        s.push_str(&" ".repeat(pad));
-                    }
-                }
-            }
-            s
-        };
-        writeln!(
-            out,
-            "{}",
-            line(cols.iter().map(|c| c.head.to_owned()).collect())
-        )?;
-        for r in 0..report.tensors.len() {
-            let cells = cols
-                .iter()
-                .zip(&widths)
-                .map(|(c, &w)| {
+        let mut table = Table::new(
+            cols.iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let align = if c.right { Align::Right } else { Align::Left };
+                    let col = text::Column::new(c.head, align).gap(if i > 0 { GAP } else { 0 });
                     if c.head == "tensor" {
-                        shorten(&c.cells[r], w)
+                        col.max(name_w, Cut::Middle)
                     } else {
-                        c.cells[r].clone()
+                        col
                     }
                 })
-                .collect();
-            writeln!(out, "{}", line(cells))?;
+                .collect(),
+        );
+        for r in 0..report.tensors.len() {
+            table.row(cols.iter().map(|c| c.cells[r].clone()).collect());
+        }
+        for line in table.lines(true) {
+            writeln!(out, "{line}")?;
         }
     }
     lists(report, out, |out, s| writeln!(out, "{s}"))
