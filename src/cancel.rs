@@ -30,7 +30,6 @@ impl Cancel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn a_cancel_reaches_every_clone_and_only_them() {

@@ -13,11 +13,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! [`quantize_file`] does the same from path to path, memory-mapping the input and writing
-//! the output atomically, and [`batch::quantize_all`] does it for every model under a set of
+//! [`quantize_file`] does the same from path to path, reading the input (memory-mapping it
+//! above [`io::READ_LIMIT`]) and writing the output atomically, and [`batch::quantize_all`] does it for every model under a set of
 //! folders, in parallel. [`report`] measures what int8 costs each weight tensor (of the
 //! quantization `quantize` would do, or of a model quantized by any tool), and [`inspect`]
 //! describes what a model holds.
+//!
+//! Work on files stops when the [`Cancel`] token of its options is cancelled (no partial
+//! output is left). The `tflq` command is `cli::main_with_args`, behind the `cli` feature
+//! (on by default); `default-features = false` gives the library without the command line's
+//! crates (clap, anyhow, indicatif, ctrlc, terminal_size).
 
 pub mod batch;
 pub mod cancel;

@@ -108,14 +108,14 @@ fn read_models<T>(a: &Path, b: &Path, f: impl FnOnce(&Model<'_>, &Model<'_>) -> 
     Ok(value)
 }
 
-/// [`report`] of the model at `path`.
+/// [`report()`] of the model at `path`.
 pub fn report_file(path: &Path, opts: &ReportOptions) -> Result<Report> {
     let mut r = read_model(path, |model| report(model, opts))?;
     r.model = Some(path.display().to_string());
     Ok(r)
 }
 
-/// [`against`] of the quantized model at `quantized` and its float original at `float`.
+/// [`against()`] of the quantized model at `quantized` and its float original at `float`.
 pub fn against_files(float: &Path, quantized: &Path, opts: &ReportOptions) -> Result<Report> {
     let mut r = read_models(float, quantized, |f, q| against(f, q, opts))?;
     r.model = Some(float.display().to_string());
