@@ -132,3 +132,36 @@ fn report(err: &anyhow::Error, cancel: &Cancel) -> i32 {
     }
     exit::FAILED
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_runs_in_process_and_returns_its_exit_code() {
+        assert_eq!(main_with_args(["tflq", "--version"]), exit::OK);
+        assert_eq!(main_with_args(["tflq", "no-such-command"]), exit::USAGE);
+        let dir = tempfile::tempdir().unwrap();
+        let input = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp.tflite");
+        let output = dir.path().join("mlp.int8.tflite");
+        // Called twice in one process (as a Python host would): each call gets its own token.
+        for _ in 0..2 {
+            let args = [
+                OsString::from("tflq"),
+                "quantize".into(),
+                input.clone().into(),
+                "-o".into(),
+                output.clone().into(),
+                "--quiet".into(),
+            ];
+            assert_eq!(main_with_args(args), exit::OK);
+            let want = crate::quantize(&std::fs::read(&input).unwrap(), &crate::Options::default())
+                .unwrap()
+                .bytes;
+            assert_eq!(std::fs::read(&output).unwrap(), want);
+        }
+        let missing = dir.path().join("missing.tflite");
+        let args = [OsString::from("tflq"), "inspect".into(), missing.into()];
+        assert_eq!(main_with_args(args), exit::FAILED);
+    }
+}
