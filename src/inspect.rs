@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::model::Model;
 use crate::model::details::{self, Metadata, Quantization, Signature};
 use crate::ops::Op;
-use crate::report::format::human;
+use crate::text::{Align, Column, Cut, Table, human};
 
 /// Where a model's buffer data lives.
 #[derive(Debug, Clone, Serialize)]
@@ -479,59 +479,24 @@ impl fmt::Display for Inspection {
                     ]
                 })
                 .collect();
-            let head = [
-                "sg:idx",
-                "name",
-                "type",
-                "shape",
-                "bytes",
-                "quantization",
-                "read by",
-            ];
-            let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
-            for r in &rows {
-                for (i, c) in r.iter().enumerate() {
-                    w[i] = w[i].max(c.chars().count());
-                }
-            }
             // Long names would push every other column off the screen.
-            w[1] = w[1].min(48);
-            let cut = |s: &str, n: usize| -> String {
-                if s.chars().count() <= n {
-                    s.to_owned()
-                } else {
-                    let t: String = s.chars().take(n - 1).collect();
-                    format!("{t}…")
-                }
-            };
+            let col = |head: &str, align| Column::new(head, align);
+            let mut table = Table::new(vec![
+                col("sg:idx", Align::Left),
+                col("name", Align::Left).max(48, Cut::End),
+                col("type", Align::Left),
+                col("shape", Align::Left),
+                col("bytes", Align::Right),
+                col("quantization", Align::Left),
+                col("read by", Align::Left),
+            ])
+            .trim_end();
+            for r in rows {
+                table.row(r.into());
+            }
             writeln!(f, "constants:   {}", self.constants.len())?;
-            let line = |f: &mut fmt::Formatter<'_>, r: [&str; 7]| {
-                let mut s = String::from("  ");
-                for (i, c) in r.iter().enumerate() {
-                    let c = if i == 1 {
-                        cut(c, w[1])
-                    } else {
-                        (*c).to_owned()
-                    };
-                    let pad = w[i].saturating_sub(c.chars().count());
-                    if i == 4 {
-                        s.push_str(&" ".repeat(pad));
-                        s.push_str(&c);
-                    } else {
-                        s.push_str(&c);
-                        if i + 1 < r.len() {
-                            s.push_str(&" ".repeat(pad));
-                        }
-                    }
-                    if i + 1 < r.len() {
-                        s.push_str("  ");
-                    }
-                }
-                writeln!(f, "{}", s.trim_end())
-            };
-            line(f, head)?;
-            for r in &rows {
-                line(f, [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]])?;
+            for line in table.lines(true) {
+                writeln!(f, "{line}")?;
             }
         }
         Ok(())

@@ -13,30 +13,41 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! [`quantize_file`] does the same from path to path, memory-mapping the input and writing
-//! the output atomically, and [`batch::quantize_all`] does it for every model under a set of
+//! [`quantize_file`] does the same from path to path, reading the input (memory-mapping it
+//! above [`io::READ_LIMIT`]) and writing the output atomically, and [`batch::quantize_all`] does it for every model under a set of
 //! folders, in parallel. [`report`] measures what int8 costs each weight tensor (of the
 //! quantization `quantize` would do, or of a model quantized by any tool), and [`inspect`]
 //! describes what a model holds.
+//!
+//! Work on files stops when the [`Cancel`] token of its options is cancelled (no partial
+//! output is left). The `tflq` command is `cli::main_with_args`, behind the `cli` feature
+//! (on by default); `default-features = false` gives the library without the command line's
+//! crates (clap, anyhow, indicatif, ctrlc, terminal_size).
 
 pub mod batch;
+pub mod cancel;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod encoding;
 pub mod error;
-pub mod files;
 pub mod inspect;
+pub mod io;
 pub mod model;
 pub mod ops;
+pub mod pipeline;
 pub mod plan;
 pub mod quant;
 pub mod report;
 pub mod rewrite;
 pub mod summary;
+pub mod text;
 
 use std::io::Write;
 
+pub use cancel::Cancel;
 pub use error::{Error, ModelError, Result};
-pub use files::{FileOptions, quantize_file};
 pub use model::Model;
+pub use pipeline::{FileOptions, against_files, quantize_file, read_model, report_file};
 pub use plan::{Granularity, LayoutPolicy, Mode, Options, SkipReason, WeightType};
 pub use report::{Report, ReportOptions};
 pub use rewrite::Layout;

@@ -1,8 +1,6 @@
-//! The `tflq` command: parse the arguments, run, report errors, map them to exit codes.
-
-mod cli;
+//! The `tflq` command: everything is in [`tflq::cli`]; this only passes the arguments and
+//! exits with the code it returns.
 
 fn main() {
-    let code = cli::main();
-    std::process::exit(code);
+    std::process::exit(tflq::cli::main_with_args(std::env::args_os()));
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::plan::{Plan, SkipReason};
-use crate::report::format::human;
 use crate::rewrite::{Layout, Written};
+use crate::text::{human, ratio};
 
 /// One quantized tensor.
 #[derive(Debug, Clone, Serialize)]
@@ -213,14 +213,6 @@ impl Summary {
                 .unwrap_or(f64::INFINITY)
                 .total_cmp(&b.sqnr_db.unwrap_or(f64::INFINITY))
         })
-    }
-}
-
-pub(crate) fn ratio(after: u64, before: u64) -> String {
-    if before == 0 {
-        "-".into()
-    } else {
-        format!("{:.1}%", 100.0 * after as f64 / before as f64)
     }
 }
 

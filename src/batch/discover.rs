@@ -4,8 +4,8 @@
 //! inputs (the *root*), which is where its output goes under the output folder. With one
 //! folder as input the root is that folder, so the output tree mirrors it.
 //!
-//! The walk follows symbolic links (a linked model is a model) but never into a folder that
-//! is one of its own ancestors, so link loops end; it never enters the excluded folders (the
+//! The walk (`walkdir`) follows symbolic links (a linked model is a model) but never into a
+//! folder that is one of its own ancestors, so link loops end; it never enters the excluded folders (the
 //! output folder, when it lies inside an input), so outputs are not read back as inputs. The
 //! result is sorted by relative path and free of duplicates, so it does not depend on the
 //! order in which the file system lists a folder; that is what makes `--shard` stable.
@@ -16,6 +16,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
+
+use walkdir::WalkDir;
 
 /// What a found file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -226,7 +228,6 @@ pub fn discover(inputs: &[PathBuf], opts: &DiscoverOptions) -> Discovery {
             .collect(),
         files: BTreeMap::new(),
         problems: Vec::new(),
-        ancestors: Vec::new(),
     };
     let mut folders = Vec::new();
     for input in inputs {
@@ -239,9 +240,7 @@ pub fn discover(inputs: &[PathBuf], opts: &DiscoverOptions) -> Discovery {
             }),
             Ok(meta) if meta.is_dir() => {
                 folders.push(input.clone());
-                walk.ancestors.push((meta.dev(), meta.ino(), input.clone()));
                 walk.folder(input, &relative);
-                walk.ancestors.pop();
             }
             Ok(meta) if meta.is_file() => {
                 walk.add(input.clone(), relative, Kind::Model, meta.len());
@@ -297,8 +296,6 @@ struct Walk {
     exclude: Vec<(u64, u64)>,
     files: BTreeMap<PathBuf, Found>,
     problems: Vec<Problem>,
-    /// The folders from the input down to the one being listed, to detect loops.
-    ancestors: Vec<(u64, u64, PathBuf)>,
 }
 
 impl Walk {
@@ -312,70 +309,81 @@ impl Walk {
         });
     }
 
+    /// Walks `dir` (an input folder, whose place below the root is `relative`) with
+    /// `walkdir`: entries sorted by name, links followed, loops reported instead of entered,
+    /// excluded folders and temporary files of a killed run left out.
     fn folder(&mut self, dir: &Path, relative: &Path) {
-        let listing = match fs::read_dir(dir) {
-            Ok(l) => l,
-            Err(source) => {
-                self.problems.push(Problem::Unreadable {
-                    path: dir.to_owned(),
-                    source,
-                });
-                return;
-            }
-        };
-        let mut entries = Vec::new();
-        for entry in listing {
-            match entry {
-                Ok(e) => entries.push(e),
-                Err(source) => {
-                    self.problems.push(Problem::Unreadable {
-                        path: dir.to_owned(),
-                        source,
-                    });
-                    return;
+        let exclude = self.exclude.clone();
+        let walk = WalkDir::new(dir)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| {
+                if e.depth() == 0 {
+                    return true;
                 }
-            }
-        }
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let name = entry.file_name();
-            if is_partial(&name) {
-                continue;
-            }
-            let path = entry.path();
-            let rel = relative.join(&name);
-            let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
-            // Follows links; for a dangling link fall back to the link itself.
-            let meta = match fs::metadata(&path) {
-                Ok(m) => m,
-                Err(_) if is_link => {
-                    self.add(path, rel, kind_of(&name), 0);
-                    continue;
+                if is_partial(e.file_name()) {
+                    return false;
                 }
-                Err(source) => {
-                    self.problems.push(Problem::Unreadable { path, source });
+                !(e.file_type().is_dir()
+                    && fs::metadata(e.path()).is_ok_and(|m| exclude.contains(&(m.dev(), m.ino()))))
+            });
+        for entry in walk {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    self.walk_error(e, dir, relative);
                     continue;
                 }
             };
-            if meta.is_dir() {
-                let id = (meta.dev(), meta.ino());
-                if self.exclude.contains(&id) {
-                    continue;
+            if entry.depth() == 0 || entry.file_type().is_dir() {
+                continue;
+            }
+            let path = entry.path().to_owned();
+            let rel = below(relative, dir, &path);
+            if entry.file_type().is_file() {
+                match entry.metadata() {
+                    Ok(m) => self.add(path, rel, kind_of(entry.file_name()), m.len()),
+                    Err(e) => self.walk_error(e, dir, relative),
                 }
-                if let Some((_, _, target)) = self.ancestors.iter().find(|(d, i, _)| (*d, *i) == id)
-                {
-                    let target = target.clone();
-                    self.problems.push(Problem::SymlinkLoop { path, target });
-                    continue;
-                }
-                self.ancestors.push((id.0, id.1, path.clone()));
-                self.folder(&path, &rel);
-                self.ancestors.pop();
-            } else if meta.is_file() {
-                self.add(path, rel, kind_of(&name), meta.len());
             }
         }
     }
+
+    /// What `walkdir` could not do: a link loop, a dangling link (taken as a file of 0
+    /// bytes, named like the link), or a folder or file that cannot be read.
+    fn walk_error(&mut self, e: walkdir::Error, dir: &Path, relative: &Path) {
+        let path = e.path().map_or_else(|| dir.to_owned(), Path::to_owned);
+        if let Some(target) = e.loop_ancestor() {
+            // A link back to an excluded folder (the output, in place) is not entered anyway.
+            let excluded =
+                fs::metadata(target).is_ok_and(|m| self.exclude.contains(&(m.dev(), m.ino())));
+            if !excluded {
+                let target = target.to_owned();
+                self.problems.push(Problem::SymlinkLoop { path, target });
+            }
+            return;
+        }
+        let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && fs::metadata(&path).is_err() {
+            let name = path.file_name().unwrap_or_default().to_owned();
+            if !is_partial(&name) {
+                let rel = below(relative, dir, &path);
+                self.add(path, rel, kind_of(&name), 0);
+            }
+            return;
+        }
+        let source = e
+            .into_io_error()
+            .unwrap_or_else(|| std::io::Error::other("cannot walk the folder"));
+        self.problems.push(Problem::Unreadable { path, source });
+    }
+}
+
+/// The relative path of `path`, found by walking the input folder `dir` whose place below
+/// the root is `relative`.
+fn below(relative: &Path, dir: &Path, path: &Path) -> PathBuf {
+    relative.join(path.strip_prefix(dir).unwrap_or(path))
 }
 
 /// Models are found by name: `.tflite`, any case.
@@ -386,7 +394,7 @@ fn kind_of(name: &std::ffi::OsStr) -> Kind {
     if is_model { Kind::Model } else { Kind::Other }
 }
 
-/// A temporary file of [`crate::files::write_atomic`], left by a killed run.
+/// A temporary file of [`crate::io::write_atomic`], left by a killed run.
 fn is_partial(name: &std::ffi::OsStr) -> bool {
     let name = name.as_encoded_bytes();
     name.starts_with(b".tflq-") && name.ends_with(b".partial")
@@ -582,6 +590,38 @@ mod tests {
         };
         assert_eq!(path, &s.join("x/y/up"));
         assert_eq!(target, &s);
+    }
+
+    #[test]
+    fn dangling_links_partials_and_the_output_folder_are_handled_without_walking_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path().join("s");
+        fs::create_dir_all(s.join("out/deeper")).unwrap();
+        fs::create_dir_all(s.join(".tflq-x.partial")).unwrap();
+        fs::write(s.join(".tflq-x.partial/m.tflite"), "m").unwrap();
+        fs::write(s.join(".tflq-y.partial"), "half").unwrap();
+        fs::write(s.join("out/deeper/o.tflite"), "o").unwrap();
+        fs::write(s.join("z.tflite"), "zz").unwrap();
+        std::os::unix::fs::symlink("nowhere.tflite", s.join("gone.tflite")).unwrap();
+        // A link from inside the output folder back to the input: no loop reported, since
+        // the output is never entered; a link to the output from elsewhere is not either.
+        std::os::unix::fs::symlink("..", s.join("out/up")).unwrap();
+        std::os::unix::fs::symlink("out", s.join("to-out")).unwrap();
+        let opts = DiscoverOptions {
+            exclude: vec![s.join("out")],
+            shard: None,
+        };
+        let found = discover(std::slice::from_ref(&s), &opts);
+        let got: Vec<(String, u64)> = found
+            .files
+            .iter()
+            .map(|f| (f.relative.to_string_lossy().into_owned(), f.bytes))
+            .collect();
+        assert_eq!(
+            got,
+            [("gone.tflite".to_owned(), 0), ("z.tflite".to_owned(), 2)]
+        );
+        assert!(found.problems.is_empty(), "{:?}", found.problems);
     }
 
     #[test]

@@ -13,8 +13,9 @@
 //! batch still gets every core. A worker holds only the model it works on, mapped and
 //! streamed to its output, so memory grows with the models in flight, not with the batch.
 //!
-//! After [`crate::files::request_stop`], no file is started; the writes in progress stop at
-//! their next block and remove their temporary files, and [`run`] returns what was done.
+//! Once the cancel token of the options ([`crate::FileOptions::cancel`]) is cancelled, no
+//! file is started; the writes in progress stop at their next block and remove their
+//! temporary files, and [`run`] returns what was done.
 
 pub mod discover;
 
@@ -30,14 +31,16 @@ use serde::{Serialize, Serializer};
 pub use discover::{DiscoverOptions, Discovery, Found, Kind, Problem, Shard, ShardError, discover};
 
 use crate::error::Error;
-use crate::files::{FileOptions, quantize_file, same_file, stop_requested, write_atomic};
-use crate::report::format::human;
-use crate::summary::{Summary, ratio};
+use crate::io::{same_file, write_atomic};
+use crate::pipeline::{FileOptions, quantize_file};
+use crate::summary::Summary;
+use crate::text::{Align, Column, Cut, Table, human, ratio};
 
 /// Options of a batch.
 #[derive(Debug, Clone, Default)]
 pub struct BatchOptions {
-    /// What to quantize, and whether an output may replace its input.
+    /// What to quantize, whether an output may replace its input, and the cancel token
+    /// that stops the batch.
     pub file: FileOptions,
     /// Files processed at once (0: one per core).
     pub jobs: usize,
@@ -174,8 +177,8 @@ impl FileReport {
         self
     }
 
-    fn failed(mut self, err: &Error) -> FileReport {
-        if stop_requested() {
+    fn failed(mut self, err: &Error, cancelled: bool) -> FileReport {
+        if cancelled {
             self.status = Status::Interrupted;
             self.error = Some("interrupted".to_owned());
             return self;
@@ -386,7 +389,7 @@ pub fn run(
         for _ in 0..jobs.min(queue.len()) {
             let (tx, next, queue) = (tx.clone(), &next, &queue);
             scope.spawn(move || {
-                while !stop_requested() {
+                while !opts.file.cancel.is_cancelled() {
                     let Some(&i) = queue.get(next.fetch_add(1, Ordering::SeqCst)) else {
                         break;
                     };
@@ -408,7 +411,7 @@ pub fn run(
         }
     });
 
-    let interrupted = stop_requested();
+    let interrupted = opts.file.cancel.is_cancelled();
     let mut totals = Totals {
         models: discovery.models().count(),
         others: files.len() - discovery.models().count(),
@@ -524,7 +527,7 @@ fn process(found: &Found, out_root: &Path, opts: &BatchOptions) -> FileReport {
             if model {
                 quantize_file(&found.path, &output, &opts.file).map(Some)
             } else {
-                copy_file(&found.path, &output).map(|()| None)
+                copy_file(&found.path, &output, &opts.file.cancel).map(|()| None)
             }
         }) {
             Ok(Some(summary)) => report.done(&summary),
@@ -533,7 +536,7 @@ fn process(found: &Found, out_root: &Path, opts: &BatchOptions) -> FileReport {
                 output_bytes: Some(found.bytes),
                 ..report
             },
-            Err(e) => report.failed(&e),
+            Err(e) => report.failed(&e, opts.file.cancel.is_cancelled()),
         }
     };
     report.seconds = start.elapsed().as_secs_f64();
@@ -541,7 +544,7 @@ fn process(found: &Found, out_root: &Path, opts: &BatchOptions) -> FileReport {
 }
 
 /// Copies a file that is not a model, atomically, keeping its permissions.
-fn copy_file(input: &Path, output: &Path) -> crate::Result<()> {
+fn copy_file(input: &Path, output: &Path, cancel: &crate::Cancel) -> crate::Result<()> {
     if same_file(input, output) {
         return Err(Error::SameFile {
             path: output.to_owned(),
@@ -549,7 +552,7 @@ fn copy_file(input: &Path, output: &Path) -> crate::Result<()> {
     }
     let mut file = File::open(input).map_err(|e| Error::io(input, "open", e))?;
     let permissions = file.metadata().ok().map(|m| m.permissions());
-    write_atomic(output, permissions, |w| {
+    write_atomic(output, permissions, cancel, |w| {
         std::io::copy(&mut file, w)
             .map(drop)
             .map_err(|e| Error::io(output, "write", e))
@@ -659,31 +662,28 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// One line of the table: status, path, sizes, ratio, tensors, worst SQNR, time.
-fn write_row(f: &mut fmt::Formatter<'_>, r: &FileReport, width: usize) -> fmt::Result {
-    let path = r.path.to_string_lossy();
-    write!(f, "{:<14} {path:<width$}", r.status.label())?;
+/// What a line of the table says after the status and the path: sizes, ratio, tensors,
+/// worst SQNR and time, or the error.
+fn row_rest(r: &FileReport) -> String {
     match (&r.error, r.output_bytes) {
-        (Some(e), _) => write!(f, "  {e}")?,
+        (Some(e), _) => format!("  {e}"),
         (None, Some(out)) if r.kind == Kind::Model => {
             let worst = match (r.tensors_quantized, r.worst_sqnr_db) {
                 (0, _) => String::new(),
                 (_, Some(db)) => format!("worst {db:.1} dB"),
                 (_, None) => "exact".to_owned(),
             };
-            write!(
-                f,
+            format!(
                 "  {:>10} -> {:>10} {:>7}  {:>4} tensors  {worst:<14} {}",
                 human(r.input_bytes),
                 human(out),
                 ratio(out, r.input_bytes),
                 r.tensors_quantized,
                 duration(r.seconds)
-            )?;
+            )
         }
-        _ => write!(f, "  {:>10}", human(r.input_bytes))?,
+        _ => format!("  {:>10}", human(r.input_bytes)),
     }
-    writeln!(f)
 }
 
 impl fmt::Display for BatchSummary {
@@ -693,14 +693,18 @@ impl fmt::Display for BatchSummary {
             .iter()
             .filter(|r| r.kind == Kind::Model || r.status != Status::Copied)
             .collect();
-        let width = shown
-            .iter()
-            .map(|r| r.path.to_string_lossy().chars().count())
-            .max()
-            .unwrap_or(0)
-            .min(60);
+        // Status, path (padded to the longest up to 60 characters, never cut), the rest.
+        let mut table = Table::new(vec![
+            Column::new("", Align::Left).gap(0).min(14),
+            Column::new("", Align::Left).gap(1).max(60, Cut::Keep),
+            Column::new("", Align::Left).gap(0),
+        ]);
         for r in &shown {
-            write_row(f, r, width)?;
+            let path = r.path.to_string_lossy().into_owned();
+            table.row(vec![r.status.label().to_owned(), path, row_rest(r)]);
+        }
+        for line in table.lines(false) {
+            writeln!(f, "{line}")?;
         }
         for p in &self.problems {
             let what = if p.is_error() { "error" } else { "warning" };

@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::batch::{self, BatchError, BatchOptions, FileReport, Found, Observer};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tflq::batch::{self, BatchError, BatchOptions, FileReport, Found, Observer};
 
 use super::exit;
 

@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let inspection = tflq::files::with_model(&args.model, tflq::inspect::inspect)?;
+    let inspection = crate::read_model(&args.model, crate::inspect::inspect)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &inspection)?;

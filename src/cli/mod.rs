@@ -1,4 +1,7 @@
-//! Command-line interface: clap definitions and the subcommands, over the library.
+//! The command line (feature `cli`): clap definitions and the subcommands, over the library.
+//!
+//! [`main_with_args`] is the whole `tflq` command: the binary calls it with its arguments,
+//! and a host that embeds the command (a Python package) calls it with its own.
 
 mod batch;
 mod inspect;
@@ -6,7 +9,12 @@ mod options;
 mod quantize;
 mod report;
 
+use std::ffi::OsString;
+use std::sync::{Mutex, Once};
+
 use clap::{Parser, Subcommand};
+
+use crate::Cancel;
 
 /// Exit codes, documented in `--help`.
 pub mod exit {
@@ -47,9 +55,35 @@ enum Command {
     Report(report::Args),
 }
 
-/// Runs the command line and returns the process exit code.
-pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+/// The token of the command running now, which Ctrl-C cancels.
+static RUNNING: Mutex<Option<Cancel>> = Mutex::new(None);
+
+/// Installs the Ctrl-C (and SIGTERM) handler once per process: it cancels the token of the
+/// command running at the time.
+fn on_interrupt(cancel: &Cancel) {
+    static HANDLER: Once = Once::new();
+    if let Ok(mut running) = RUNNING.lock() {
+        *running = Some(cancel.clone());
+    }
+    HANDLER.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            if let Ok(running) = RUNNING.lock() {
+                if let Some(c) = running.as_ref() {
+                    c.cancel();
+                }
+            }
+        });
+    });
+}
+
+/// Runs the command line `args` (the first is the program name, as in `std::env::args_os`)
+/// and returns the process exit code; messages go to standard output and error.
+pub fn main_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -61,21 +95,22 @@ pub fn main() -> i32 {
         }
     };
     // Ctrl-C: stop writing at the next block, remove temporary files, exit 130.
-    let _ = ctrlc::set_handler(tflq::files::request_stop);
+    let cancel = Cancel::new();
+    on_interrupt(&cancel);
     let result = match cli.command {
-        Command::Quantize(args) => quantize::run(args),
+        Command::Quantize(args) => quantize::run(args, &cancel),
         Command::Inspect(args) => inspect::run(args),
-        Command::Report(args) => report::run(args),
+        Command::Report(args) => report::run(args, &cancel),
     };
     match result {
         Ok(code) => code,
-        Err(err) => report(&err),
+        Err(err) => report(&err, &cancel),
     }
 }
 
 /// Prints an error with its chain of causes and picks the exit code.
-fn report(err: &anyhow::Error) -> i32 {
-    if tflq::files::stop_requested() {
+fn report(err: &anyhow::Error, cancel: &Cancel) -> i32 {
+    if cancel.is_cancelled() {
         eprintln!("tflq: interrupted; no output was written");
         return exit::INTERRUPTED;
     }
@@ -96,4 +131,37 @@ fn report(err: &anyhow::Error) -> i32 {
         said = text;
     }
     exit::FAILED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_runs_in_process_and_returns_its_exit_code() {
+        assert_eq!(main_with_args(["tflq", "--version"]), exit::OK);
+        assert_eq!(main_with_args(["tflq", "no-such-command"]), exit::USAGE);
+        let dir = tempfile::tempdir().unwrap();
+        let input = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp.tflite");
+        let output = dir.path().join("mlp.int8.tflite");
+        // Called twice in one process (as a Python host would): each call gets its own token.
+        for _ in 0..2 {
+            let args = [
+                OsString::from("tflq"),
+                "quantize".into(),
+                input.clone().into(),
+                "-o".into(),
+                output.clone().into(),
+                "--quiet".into(),
+            ];
+            assert_eq!(main_with_args(args), exit::OK);
+            let want = crate::quantize(&std::fs::read(&input).unwrap(), &crate::Options::default())
+                .unwrap()
+                .bytes;
+            assert_eq!(std::fs::read(&output).unwrap(), want);
+        }
+        let missing = dir.path().join("missing.tflite");
+        let args = [OsString::from("tflq"), "inspect".into(), missing.into()];
+        assert_eq!(main_with_args(args), exit::FAILED);
+    }
 }

@@ -1,7 +1,7 @@
 //! The quantization flags shared by `quantize` and `report`, turned into library options.
 
+use crate::{Granularity, LayoutPolicy, Mode, Options, WeightType};
 use anyhow::{Result, bail};
-use tflq::{Granularity, LayoutPolicy, Mode, Options, WeightType};
 
 /// Which tensors to quantize, and how.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,11 +72,11 @@ enum LayoutArg {
     External,
 }
 
-fn op_codes(names: &[String], flag: &str) -> Result<Vec<tflq::ops::Op>> {
+fn op_codes(names: &[String], flag: &str) -> Result<Vec<crate::ops::Op>> {
     names
         .iter()
         .filter(|n| !n.trim().is_empty())
-        .map(|n| match tflq::ops::Op::by_name(n.trim()) {
+        .map(|n| match crate::ops::Op::by_name(n.trim()) {
             Some(c) => Ok(c),
             None => {
                 bail!("{flag}: unknown operator {n:?} (use builtin names such as FULLY_CONNECTED)")

@@ -3,10 +3,10 @@
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
+use crate::batch::{self, BatchOptions, Shard};
+use crate::{Cancel, FileOptions, Summary};
 use anyhow::Result;
 use serde::Serialize;
-use tflq::batch::{self, BatchOptions, Shard};
-use tflq::{FileOptions, Summary};
 
 use super::options::QuantArgs;
 
@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE", conflicts_with = "in_place")]
     report: Option<PathBuf>,
     /// Format of --report [default: from its extension, else table].
-    #[arg(long, value_name = "FORMAT", value_parser = tflq::report::Format::NAMES, requires = "report")]
+    #[arg(long, value_name = "FORMAT", value_parser = crate::report::Format::NAMES, requires = "report")]
     report_format: Option<String>,
     /// Models processed at once [default: the number of cores].
     #[arg(short, long, value_name = "N", help_heading = BATCH)]
@@ -79,7 +79,7 @@ struct JsonSummary<'a> {
     summary: &'a Summary,
 }
 
-pub fn run(args: Args) -> Result<i32> {
+pub fn run(args: Args, cancel: &Cancel) -> Result<i32> {
     let file = FileOptions {
         quant: match args.quant.to_options() {
             Ok(o) => o,
@@ -89,6 +89,7 @@ pub fn run(args: Args) -> Result<i32> {
             }
         },
         in_place: args.in_place,
+        cancel: cancel.clone(),
     };
     let single = match args.inputs.as_slice() {
         [input] => !input.is_dir() && args.shard.is_none(),
@@ -123,7 +124,7 @@ fn run_single(args: &Args, opts: &FileOptions) -> Result<i32> {
     let input = &args.inputs[0];
     let output = args.output.clone().unwrap_or_else(|| input.clone());
     let skip = args.skip_existing
-        && !tflq::files::same_file(input, &output)
+        && !crate::io::same_file(input, &output)
         && batch::up_to_date(input, &output);
     if skip || args.dry_run {
         let status = if skip { "up_to_date" } else { "would_quantize" };
@@ -136,10 +137,10 @@ fn run_single(args: &Args, opts: &FileOptions) -> Result<i32> {
         }
         return Ok(exit::OK);
     }
-    let summary = tflq::quantize_file(input, &output, opts)?;
+    let summary = crate::quantize_file(input, &output, opts)?;
     if let Some(report) = &args.report {
         let format = args.report_format.as_deref();
-        super::report::after_quantize(input, &output, opts.quant.clone(), report, format)?;
+        super::report::after_quantize(input, &output, opts, report, format)?;
     }
     for w in &summary.warnings {
         eprintln!("tflq: warning: {}: {w}", input.display());

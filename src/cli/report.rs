@@ -3,9 +3,9 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use crate::report::format::{Format, FormatOptions};
+use crate::{Cancel, FileOptions, Report, ReportOptions};
 use anyhow::{Context, Result};
-use tflq::report::format::{Format, FormatOptions};
-use tflq::{Options, Report, ReportOptions};
 
 use super::exit;
 use super::options::QuantArgs;
@@ -75,7 +75,13 @@ fn width(to_stdout: bool) -> usize {
 }
 
 /// Writes `report` to `path` (atomically) or to standard output.
-fn emit(report: &Report, format: Format, path: Option<&Path>, plots: usize) -> Result<()> {
+fn emit(
+    report: &Report,
+    format: Format,
+    path: Option<&Path>,
+    plots: usize,
+    cancel: &Cancel,
+) -> Result<()> {
     let opts = FormatOptions {
         width: width(path.is_none()),
         plots,
@@ -84,21 +90,21 @@ fn emit(report: &Report, format: Format, path: Option<&Path>, plots: usize) -> R
         Some(p) => {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::Permissions::from_mode(0o644);
-            tflq::files::write_atomic(p, Some(mode), |w| {
-                tflq::report::write_report(report, format, &opts, w)
-                    .map_err(|e| tflq::Error::io(p, "write the report", e))
+            crate::io::write_atomic(p, Some(mode), cancel, |w| {
+                crate::report::write_report(report, format, &opts, w)
+                    .map_err(|e| crate::Error::io(p, "write the report", e))
             })?;
         }
         None => {
             let mut stdout = std::io::stdout().lock();
-            tflq::report::write_report(report, format, &opts, &mut stdout)?;
+            crate::report::write_report(report, format, &opts, &mut stdout)?;
             stdout.flush()?;
         }
     }
     Ok(())
 }
 
-pub fn run(args: Args) -> Result<i32> {
+pub fn run(args: Args, cancel: &Cancel) -> Result<i32> {
     let format = pick(args.out.format.as_deref(), args.out.output.as_deref());
     let quant = match args.quant.to_options() {
         Ok(q) => q,
@@ -117,20 +123,26 @@ pub fn run(args: Args) -> Result<i32> {
             eprintln!("tflq: error: --against takes exactly one MODEL file");
             return Ok(exit::USAGE);
         }
-        return run_many(&args, format, &opts);
+        return run_many(&args, format, &opts, cancel);
     }
     let model = &args.models[0];
     let report = match &args.against {
-        Some(q) => tflq::report::against_files(model, q, &opts)?,
-        None => tflq::report::report_file(model, &opts)?,
+        Some(q) => crate::against_files(model, q, &opts)?,
+        None => crate::report_file(model, &opts)?,
     };
-    emit(&report, format, args.out.output.as_deref(), args.out.plots)?;
+    emit(
+        &report,
+        format,
+        args.out.output.as_deref(),
+        args.out.plots,
+        cancel,
+    )?;
     Ok(gate(std::slice::from_ref(&report), args.fail_below_sqnr))
 }
 
 /// Reports every model under several inputs: one document, a line on stderr per model that
 /// could not be read (exit 1 after the rest is reported).
-fn run_many(args: &Args, format: Format, opts: &ReportOptions) -> Result<i32> {
+fn run_many(args: &Args, format: Format, opts: &ReportOptions, cancel: &Cancel) -> Result<i32> {
     if format == Format::Html {
         eprintln!(
             "tflq: error: the HTML report takes one model; use --format csv, json, markdown or table"
@@ -138,9 +150,9 @@ fn run_many(args: &Args, format: Format, opts: &ReportOptions) -> Result<i32> {
         return Ok(exit::USAGE);
     }
     let exclude = args.out.output.iter().cloned().collect();
-    let found = tflq::batch::discover::discover(
+    let found = crate::batch::discover::discover(
         &args.models,
-        &tflq::batch::discover::DiscoverOptions {
+        &crate::batch::discover::DiscoverOptions {
             exclude,
             shard: None,
         },
@@ -151,7 +163,7 @@ fn run_many(args: &Args, format: Format, opts: &ReportOptions) -> Result<i32> {
     }
     let mut reports = Vec::new();
     for f in found.models() {
-        match tflq::report::report_file(&f.path, opts) {
+        match crate::report_file(&f.path, opts) {
             Ok(mut r) => {
                 r.model = Some(f.relative.display().to_string());
                 reports.push(r);
@@ -169,14 +181,15 @@ fn run_many(args: &Args, format: Format, opts: &ReportOptions) -> Result<i32> {
     match &args.out.output {
         Some(p) => {
             use std::os::unix::fs::PermissionsExt;
-            tflq::files::write_atomic(p, Some(std::fs::Permissions::from_mode(0o644)), |w| {
-                tflq::report::format::write_reports(&reports, format, &fopts, w)
-                    .map_err(|e| tflq::Error::io(p, "write the report", e))
+            let mode = std::fs::Permissions::from_mode(0o644);
+            crate::io::write_atomic(p, Some(mode), cancel, |w| {
+                crate::report::format::write_reports(&reports, format, &fopts, w)
+                    .map_err(|e| crate::Error::io(p, "write the report", e))
             })?;
         }
         None => {
             let mut stdout = std::io::stdout().lock();
-            tflq::report::format::write_reports(&reports, format, &fopts, &mut stdout)?;
+            crate::report::format::write_reports(&reports, format, &fopts, &mut stdout)?;
             stdout.flush()?;
         }
     }
@@ -197,7 +210,7 @@ fn gate(reports: &[Report], bound: Option<f64>) -> i32 {
                 "tflq: {} of {} tensors below {db} dB SQNR; worst {} dB: subgraph {} tensor {} ({})",
                 below.len(),
                 report.tensors.len(),
-                tflq::report::format::sqnr_text(worst),
+                crate::report::format::sqnr_text(worst),
                 worst.subgraph,
                 worst.tensor,
                 worst.name
@@ -212,16 +225,22 @@ fn gate(reports: &[Report], bound: Option<f64>) -> i32 {
 pub fn after_quantize(
     input: &Path,
     output: &Path,
-    quant: Options,
+    file: &FileOptions,
     report: &Path,
     format: Option<&str>,
 ) -> Result<()> {
     let format = pick(format, Some(report));
     let opts = ReportOptions {
-        quant,
+        quant: file.quant.clone(),
         histograms: format == Format::Html,
     };
-    let r = tflq::report::against_files(input, output, &opts)
+    let r = crate::against_files(input, output, &opts)
         .with_context(|| format!("cannot report on {}", output.display()))?;
-    emit(&r, format, Some(report), FormatOptions::default().plots)
+    emit(
+        &r,
+        format,
+        Some(report),
+        FormatOptions::default().plots,
+        &file.cancel,
+    )
 }

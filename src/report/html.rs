@@ -11,10 +11,9 @@ use std::io::{self, Write};
 use plotters::prelude::*;
 
 use super::analyze::Histograms;
-use super::format::{
-    human, ops_text, scale_text, scheme_text, sqnr_text, summary_lines, zero_point_text,
-};
+use super::cells::{ops_text, scale_text, scheme_text, sqnr_text, summary_lines, zero_point_text};
 use super::{Report, TensorRow};
+use crate::text::human;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(s: &str) -> String {

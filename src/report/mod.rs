@@ -14,15 +14,18 @@
 
 pub mod against;
 pub mod analyze;
+mod cells;
+pub mod csv;
 pub mod format;
 pub mod html;
+pub mod json;
+pub mod markdown;
+pub mod table;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{Error, ModelError, Result};
 use crate::model::{Model, SubgraphInfo};
 use crate::plan::{self, Options};
 use crate::quant;
@@ -458,29 +461,4 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
     let mut report = Report::new(rows, skipped, Vec::new());
     report.min_elements = Some(opts.quant.min_elements);
     report
-}
-
-fn parse_at<'a>(path: &Path, data: &'a [u8]) -> Result<Model<'a>> {
-    Model::parse(data).map_err(|e: ModelError| Error::model(path, e))
-}
-
-/// [`report`] of the model at `path` (memory-mapped).
-pub fn report_file(path: &Path, opts: &ReportOptions) -> Result<Report> {
-    let data = crate::files::map_input(path)?;
-    let model = parse_at(path, &data)?;
-    let mut r = report(&model, opts);
-    r.model = Some(path.display().to_string());
-    Ok(r)
-}
-
-/// [`against`] of the quantized model at `quantized` and its float original at `float`.
-pub fn against_files(float: &Path, quantized: &Path, opts: &ReportOptions) -> Result<Report> {
-    let fdata = crate::files::map_input(float)?;
-    let qdata = crate::files::map_input(quantized)?;
-    let f = parse_at(float, &fdata)?;
-    let q = parse_at(quantized, &qdata)?;
-    let mut r = against(&f, &q, opts);
-    r.model = Some(float.display().to_string());
-    r.against = Some(quantized.display().to_string());
-    Ok(r)
 }

@@ -1,4 +1,6 @@
-//! From path to path: read the input, write the output atomically, refuse to clobber.
+//! Plain file I/O: read or map an input, write an output atomically, tell files apart.
+//!
+//! Nothing here knows models, summaries or quantization: bytes in, bytes out.
 //!
 //! **Input.** Only regular files are opened (a folder, FIFO, socket or device is refused
 //! before any open, so nothing blocks or reads forever). Files up to [`READ_LIMIT`] bytes
@@ -22,45 +24,20 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
 
-use crate::error::{Error, ModelError, Result};
-use crate::plan::Options;
-use crate::summary::Summary;
+use crate::cancel::Cancel;
+use crate::error::{Error, Result};
 
-/// Options of [`quantize_file`].
-#[derive(Debug, Clone, Default)]
-pub struct FileOptions {
-    /// What to quantize.
-    pub quant: Options,
-    /// Allow the output path to be the input path.
-    pub in_place: bool,
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// Asks every write in progress to stop at its next block; their temporary files are removed
-/// and they fail with an I/O error saying "interrupted". Safe to call from a signal handler
-/// thread.
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Whether [`request_stop`] was called.
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
-/// A writer that fails once a stop is requested.
+/// A writer that fails once its token is cancelled.
 ///
 /// The error's kind is `Other`, not `Interrupted`: `write_all`, `BufWriter` and `io::copy`
 /// retry `Interrupted` writes forever, so that kind would turn a stop into a busy loop.
-struct Stoppable<W>(W);
+struct Stoppable<'a, W>(W, &'a Cancel);
 
-impl<W: Write> Write for Stoppable<W> {
+impl<W: Write> Write for Stoppable<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if stop_requested() {
+        if self.1.is_cancelled() {
             return Err(std::io::Error::other("interrupted"));
         }
         self.0.write(buf)
@@ -200,10 +177,12 @@ fn resolve_output(path: &Path) -> Result<PathBuf> {
 
 /// Writes a file atomically: `write` fills a temporary file beside `path`, which replaces
 /// `path` only if `write` succeeds. The new file gets `permissions`. A `path` that exists
-/// and is not a regular file or a folder (a device, a FIFO) is written directly.
+/// and is not a regular file or a folder (a device, a FIFO) is written directly. Once
+/// `cancel` is cancelled, every write fails ("interrupted") and nothing is left behind.
 pub fn write_atomic<T>(
     path: &Path,
     permissions: Option<std::fs::Permissions>,
+    cancel: &Cancel,
     write: impl FnOnce(&mut dyn Write) -> Result<T>,
 ) -> Result<T> {
     let target = resolve_output(path)?;
@@ -213,7 +192,7 @@ pub fn write_atomic<T>(
                 path: path.to_owned(),
             });
         }
-        Ok(m) if !m.is_file() => return write_direct(path, &target, write),
+        Ok(m) if !m.is_file() => return write_direct(path, &target, cancel, write),
         _ => {}
     }
     let dir = match target.parent() {
@@ -222,7 +201,7 @@ pub fn write_atomic<T>(
     };
     let mut tmp =
         Temp::create(&dir).map_err(|e| Error::io(path, "create the output in its folder", e))?;
-    let value = write(&mut Stoppable(tmp.file()))?;
+    let value = write(&mut Stoppable(tmp.file(), cancel))?;
     if let Some(p) = permissions {
         tmp.file()
             .set_permissions(p)
@@ -242,6 +221,7 @@ pub fn write_atomic<T>(
 fn write_direct<T>(
     path: &Path,
     target: &Path,
+    cancel: &Cancel,
     write: impl FnOnce(&mut dyn Write) -> Result<T>,
 ) -> Result<T> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -261,7 +241,7 @@ fn write_direct<T>(
         rustix::fs::fcntl_getfl(&file).map_err(|e| Error::io(path, "open the output", e.into()))?;
     rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)
         .map_err(|e| Error::io(path, "open the output", e.into()))?;
-    let mut out = Stoppable(file);
+    let mut out = Stoppable(file, cancel);
     let value = write(&mut out)?;
     out.flush().map_err(|e| Error::io(path, "write", e))?;
     Ok(value)
@@ -367,42 +347,6 @@ fn fresh() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Quantizes the model at `input` into `output`.
-///
-/// The output appears complete or not at all; the input is never modified. An output that
-/// names the input (also through a link) is refused unless `opts.in_place`.
-pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<Summary> {
-    let start = Instant::now();
-    let data = map_input(input)?;
-    if same_file(input, output) && !opts.in_place {
-        return Err(Error::SameFile {
-            path: output.to_owned(),
-        });
-    }
-    let permissions = std::fs::metadata(input).ok().map(|m| m.permissions());
-    let mut summary = write_atomic(output, permissions, |w| {
-        let summary = crate::quantize_to(&data, &opts.quant, w).map_err(|e| match e {
-            Error::Invalid(source) => Error::model(input, source),
-            Error::Write(source) => Error::io(output, "write", source),
-            other => other,
-        })?;
-        // Before the output gets its name: not from an input that changed meanwhile.
-        data.check_unchanged()?;
-        Ok(summary)
-    })?;
-    summary.seconds = start.elapsed().as_secs_f64();
-    Ok(summary)
-}
-
-/// Parses the model at `path` (for commands that only read).
-pub fn with_model<T>(path: &Path, f: impl FnOnce(&crate::Model<'_>) -> T) -> Result<T> {
-    let data = map_input(path)?;
-    let model = crate::Model::parse(&data).map_err(|e: ModelError| Error::model(path, e))?;
-    let value = f(&model);
-    data.check_unchanged()?;
-    Ok(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,7 +388,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.tflite");
         std::fs::write(&target, b"old").unwrap();
-        let r: Result<()> = write_atomic(&target, None, |w| {
+        let r: Result<()> = write_atomic(&target, None, &Cancel::new(), |w| {
             w.write_all(b"partial").map_err(Error::Write)?;
             Err(Error::Write(std::io::Error::other("model broke halfway")))
         });
