@@ -27,6 +27,7 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod quant;
+pub mod range;
 pub mod report;
 pub mod rewrite;
 pub mod summary;
