@@ -687,7 +687,10 @@ mod tests {
             let c = check(&v, grid);
             let want = if grid.bits() == 8 { 0.5 } else { 2.5 };
             assert!(c.gain_db() > want, "{grid:?}: gain {:.2} dB", c.gain_db());
-            assert!(c.clipped > 0 && c.clipped < v.len() as u64 / 100, "{c:?}");
+            // 2 bits clip 10-14% of the values, 4 bits under 1%, 8 bits only outliers.
+            let share = c.clipped as f64 / v.len() as f64;
+            let most = [0.2, 0.01, 2e-4][(grid.bits() / 4) as usize];
+            assert!(c.clipped > 0 && share < most, "{c:?}");
         }
     }
 
