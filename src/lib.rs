@@ -20,6 +20,7 @@
 //! describes what a model holds.
 
 pub mod batch;
+pub mod equalize;
 pub mod error;
 pub mod files;
 pub mod inspect;
