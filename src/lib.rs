@@ -29,6 +29,7 @@ pub mod cancel;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod encoding;
+pub mod equalize;
 pub mod error;
 pub mod inspect;
 pub mod io;
@@ -37,6 +38,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod plan;
 pub mod quant;
+pub mod range;
 pub mod report;
 pub mod rewrite;
 pub mod summary;

@@ -1,0 +1,66 @@
+"""Measure the output SQNR of tflq's modes on the realistic fixtures (not a test: a table).
+
+    TFLQ_BIN=target/debug/tflq "$(scripts/oracle-env.sh)" tests/oracle/measure_realistic.py
+
+For each fixture whose manifest entry has `realistic`, quantizes it with each mode below,
+runs the float and the quantized model in LiteRT with XNNPACK on and off on the inputs the
+oracle uses for it (`image`: synthetic scenes of natural_inputs.py; `normal`: seeded standard
+normal), seeds 0-2, and prints the SQNR (dB) of the output over all seeds. Same metric as
+test_oracle.sqnr_db: 10 log10(sum ref^2 / sum (ref - q)^2).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_oracle import ENTRIES, FIXTURES, TFLQ, realistic_inputs, sqnr_db  # noqa: E402
+
+MODES = {
+    "default": (),
+    "per-channel --symmetric": ("--granularity", "per-channel", "--symmetric"),
+    "per-channel": ("--granularity", "per-channel"),
+    "--min-elements 4096": ("--min-elements", "4096"),
+    "float16": ("--type", "float16"),
+    # the other modes of test_modes.py, for its bounds
+    "symmetric": ("--symmetric",),
+    "dynamic": ("--mode", "dynamic"),
+    "dynamic-per-channel": ("--mode", "dynamic", "--granularity", "per-channel"),
+}
+SEEDS = (0, 1, 2)
+
+
+def outputs(path: Path, feeds: list[dict], xnnpack: bool) -> np.ndarray:
+    kind = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    runner = Interpreter(model_path=str(path), experimental_op_resolver_type=kind).get_signature_runner()
+    return np.concatenate([np.concatenate([np.asarray(v, np.float64).ravel()
+                                           for _, v in sorted(runner(**f).items())]) for f in feeds])
+
+
+def main():
+    tmp = Path(tempfile.mkdtemp())
+    rows = []
+    for e in (e for e in ENTRIES if e.get("realistic")):
+        src = FIXTURES / e["file"]
+        runner = Interpreter(model_path=str(src)).get_signature_runner()
+        feeds = [realistic_inputs(e, runner.get_input_details(), s) for s in SEEDS]
+        for mode, flags in MODES.items():
+            out = tmp / f"{src.stem}.{len(rows)}.tflite"
+            subprocess.run([str(TFLQ), "quantize", str(src), "-o", str(out), "-q", *flags], check=True)
+            dbs = [sqnr_db(outputs(src, feeds, x), outputs(out, feeds, x)) for x in (True, False)]
+            worst = min(sqnr_db(outputs(src, [f], x), outputs(out, [f], x))
+                        for f in feeds for x in (True, False))
+            rows.append((e["file"], mode, *dbs, worst))
+    print(f"{'fixture':18} {'mode':26} {'XNNPACK on':>10} {'off':>8} {'worst seed':>10}")
+    for f, m, on, off, worst in rows:
+        print(f"{f:18} {m:26} {on:10.1f} {off:8.1f} {worst:10.1f}")
+
+
+if __name__ == "__main__":
+    main()
