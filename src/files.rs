@@ -47,6 +47,12 @@ pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
 
+/// Undoes [`request_stop`] once the interrupted work has returned, so that a process that
+/// goes on (the Python module after a `KeyboardInterrupt`) can write again.
+pub fn clear_stop() {
+    STOP.store(false, Ordering::SeqCst);
+}
+
 /// Whether [`request_stop`] was called.
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
