@@ -154,6 +154,48 @@ def _options(where: str, given: Dict[str, Any]) -> Dict[str, Any]:
     return opts
 
 
+_OPTIONS_DOC = """
+
+Quantization options (keyword arguments of :func:`quantize`, :func:`quantize_bytes`,
+:func:`quantize_dir` and :func:`report`, named after the command's flags):
+
+min_elements : int, default 1024
+    Leave float32 tensors with fewer elements than this in float (0: quantize all).
+mode : {"weight-only", "dynamic"}, default "weight-only"
+    ``weight-only``: every quantized weight goes through a DEQUANTIZE operator (works for
+    every op). ``dynamic``: ops with hybrid int8 kernels (FULLY_CONNECTED, CONV_2D,
+    DEPTHWISE_CONV_2D, BATCH_MATMUL, EMBEDDING_LOOKUP, LSTM, SVDF, RNN, ...) read the int8
+    weights directly: less memory and faster at run time; weights are symmetric.
+granularity : {"per-tensor", "per-channel"}, default "per-tensor"
+    One scale per tensor, or one per output channel on the axis each op expects (falling
+    back to per-tensor where the op or runtime cannot take it).
+symmetric : bool, default False
+    Symmetric int8 (zero point 0, codes in [-127, 127]) in weight-only mode too.
+type, weight_type : {"int8", "float16"}, default "int8"
+    Storage type of the quantized weights (``float16``: half floats behind DEQUANTIZE;
+    values beyond +-65504 are clamped, with a warning). ``type`` is the flag's name,
+    ``weight_type`` the same option under a name that is not a Python builtin.
+include_ops : str or list of str, optional
+    Only quantize weights read solely by these ops (builtin names such as
+    "FULLY_CONNECTED"; a list or one comma-separated string).
+exclude_ops : str or list of str, optional
+    Leave weights read by any of these ops in float.
+exclude_tensors : str, optional
+    Leave weights whose tensor name matches this regular expression in float.
+layout : {"auto", "external"}, default "auto"
+    ``auto``: weight data inline, or after the flatbuffer with offset/size when the file
+    would pass 2 GiB; ``external``: always after the flatbuffer.
+
+Underscores and dashes are interchangeable in the values ("per_channel" = "per-channel").
+"""
+
+
+def _with_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Appends the quantization options to ``f``'s docstring, so ``help(f)`` lists them."""
+    f.__doc__ = (f.__doc__ or "").rstrip() + "\n" + _OPTIONS_DOC.replace("\n", "\n    ")
+    return f
+
+
 def _path(p: PathLike, what: str) -> str:
     try:
         return _os.fspath(p)
@@ -198,6 +240,7 @@ class Summary:
         )
 
 
+@_with_options
 def quantize(input: PathLike, output: PathLike, *, in_place: bool = False, **options: Any) -> Summary:
     """Quantizes the model file ``input`` into ``output``; returns its :class:`Summary`.
 
@@ -215,6 +258,7 @@ def quantize(input: PathLike, output: PathLike, *, in_place: bool = False, **opt
     return Summary(_json.loads(text))
 
 
+@_with_options
 def quantize_bytes(data: Union[bytes, bytearray, memoryview], **options: Any) -> Tuple[bytes, Summary]:
     """Quantizes the model held in ``data``; returns the new model's bytes and the summary.
 
@@ -276,6 +320,7 @@ def _print_progress(done: int, total: int, path: str, status: str, error: Option
 ProgressCallback = Callable[[int, int, str, str, Optional[str], List[str]], Any]
 
 
+@_with_options
 def quantize_dir(
     inputs: Union[PathLike, Sequence[PathLike]],
     output: PathLike,
@@ -418,6 +463,7 @@ class Report:
         return f"<tflq.Report {s.get('tensors')} tensors, worst {worst.get('sqnr_db')} dB ({worst.get('name')})>"
 
 
+@_with_options
 def report(model: PathLike, against: Optional[PathLike] = None, *, histograms: bool = True, **options: Any) -> Report:
     """Measures what quantization costs each weight tensor of ``model``.
 
