@@ -29,3 +29,9 @@ python="$(scripts/oracle-env.sh)"
 
 step "runtime-oracle tests (LiteRT)"
 TFLQ_BIN="${TFLQ_BIN:-$PWD/target/debug/tflq}" "$python" -m pytest -p no:cacheprovider tests/oracle -q
+
+step "python venv (builds and installs ./python[validate] into .venv-python)"
+pyenv_python="$(scripts/python-env.sh)"
+
+step "Python package tests"
+TFLQ_BIN="${TFLQ_BIN:-$PWD/target/debug/tflq}" "$pyenv_python" -m pytest -p no:cacheprovider python/tests -q

@@ -1,0 +1,5 @@
+"""``python -m tflq``: the ``tflq`` command."""
+
+from ._cli import main
+
+main()

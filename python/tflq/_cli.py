@@ -1,0 +1,177 @@
+"""The ``tflq`` command of the Python package.
+
+The same command line as the Rust binary (it runs the binary's own code, in the native
+module), plus:
+
+``tflq validate ORIGINAL QUANTIZED [--inputs FILE.npz] [--json] [--min-sqnr DB] ...``
+    Run both models in LiteRT on the same inputs and compare every output. Exit codes: 0,
+    1 (a model cannot be loaded or run, or gives new NaN/Inf), 2 (usage), 3 (an output's SQNR
+    is below ``--min-sqnr``).
+``tflq report MODEL [--against Q] --format model-explorer [-o FILE]``
+    Model Explorer's per-node data: each weight's SQNR keyed by tensor name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import List, Optional
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXTRA_HELP = """
+Python package only:
+  validate  Run the original and the quantized model in LiteRT and compare their outputs
+            (tflq validate --help)
+  report --format model-explorer  Model Explorer per-node data of the weights' SQNR
+"""
+
+
+def _validate(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="tflq validate",
+        description="Run ORIGINAL and QUANTIZED in LiteRT on the same inputs (every signature, or the "
+        "default graph) and compare every output: SQNR in dB (worst over the input sets), max abs "
+        "error, cosine similarity.",
+        epilog="Exit codes: 0 success; 1 a model cannot be loaded or run, or gives NaN/Inf where the "
+        "original does not; 2 invalid command line or inputs; 3 an output's SQNR is below --min-sqnr; "
+        "130 interrupted.",
+    )
+    p.add_argument("original", metavar="ORIGINAL")
+    p.add_argument("quantized", metavar="QUANTIZED")
+    p.add_argument("--inputs", metavar="FILE.npz", help="input arrays keyed by input name (or SIGNATURE/INPUT); default: seeded random values")
+    p.add_argument("--trials", type=int, default=3, metavar="N", help="random input sets (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--no-xnnpack", action="store_true", help="run without the XNNPACK delegate")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (infinite SQNR as null)")
+    p.add_argument("--min-sqnr", type=float, metavar="DB", help="exit with code 3 if any output's SQNR is below DB")
+    p.add_argument("--model-explorer", metavar="FILE", help="also write Model Explorer node data of the outputs' SQNR to FILE")
+    args = p.parse_args(argv)
+    import tflq
+
+    try:
+        result = tflq.validate(
+            args.original, args.quantized, args.inputs, trials=args.trials, seed=args.seed, xnnpack=not args.no_xnnpack
+        )
+    except tflq.OptionError as e:
+        print(f"tflq: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (tflq.Error, ImportError) as e:
+        print(f"tflq: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.model_explorer:
+        with open(args.model_explorer, "w") as f:
+            json.dump(result.to_model_explorer(), f, indent=2)
+    if args.json:
+        print(json.dumps(result.to_json_dict(), indent=2))
+    else:
+        print(f"{result.original} vs {result.quantized} ({result.trials} input sets)")
+        for o in result.outputs:
+            where = f"{o['signature']}/{o['output']}" if o["signature"] else o["output"]
+            print(f"  {where:<40} SQNR {_db(o['sqnr_db']):>8}  max abs err {o['max_abs_error']:.4g}  cosine {o['cosine']:.6f}")
+        print(f"worst: {_db(result.worst_sqnr_db)} SQNR")
+    if args.min_sqnr is not None:
+        below = result.below(args.min_sqnr)
+        if below:
+            w = below[0] if len(below) == 1 else min(below, key=lambda o: o["sqnr_db"])
+            print(
+                f"tflq: {len(below)} of {len(result.outputs)} outputs below {args.min_sqnr} dB SQNR; "
+                f"worst {_db(w['sqnr_db'])}: signature {w['signature']!r} output {w['output']!r}",
+                file=sys.stderr,
+            )
+            return EXIT_GATE
+    return EXIT_OK
+
+
+def _db(v: float) -> str:
+    if math.isinf(v):
+        return "exact" if v > 0 else "-inf dB"
+    return f"{v:.1f} dB"
+
+
+def _model_explorer_report(argv: List[str]) -> int:
+    """``tflq report ... --format model-explorer``: the quantization flags as the Rust CLI's."""
+    p = argparse.ArgumentParser(prog="tflq report --format model-explorer")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--against", metavar="QUANTIZED")
+    p.add_argument("--format", required=True, choices=["model-explorer"])
+    p.add_argument("-o", "--output", metavar="FILE")
+    p.add_argument("--min-elements", type=int, default=1024)
+    p.add_argument("--mode", default="weight-only", choices=["weight-only", "dynamic"])
+    p.add_argument("--granularity", default="per-tensor", choices=["per-tensor", "per-channel"])
+    p.add_argument("--symmetric", action="store_true")
+    p.add_argument("--type", dest="weight_type", default="int8", choices=["int8", "float16"])
+    p.add_argument("--include-ops", default="")
+    p.add_argument("--exclude-ops", default="")
+    p.add_argument("--quantize-biases", action="store_true")
+    p.add_argument("--exclude-tensors")
+    p.add_argument("--layout", default="auto", choices=["auto", "external"])
+    args = p.parse_args(argv)
+    import tflq
+
+    try:
+        r = tflq.report(
+            args.model,
+            args.against,
+            histograms=False,
+            min_elements=args.min_elements,
+            mode=args.mode,
+            granularity=args.granularity,
+            symmetric=args.symmetric,
+            weight_type=args.weight_type,
+            include_ops=args.include_ops,
+            exclude_ops=args.exclude_ops,
+            exclude_tensors=args.exclude_tensors,
+            quantize_biases=args.quantize_biases,
+            layout=args.layout,
+        )
+    except tflq.OptionError as e:
+        print(f"tflq: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except tflq.Error as e:
+        print(f"tflq: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    text = json.dumps(r.to_model_explorer(), indent=2) + "\n"
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _is_model_explorer(argv: List[str]) -> bool:
+    for i, a in enumerate(argv):
+        if a == "--format=model-explorer" or (a == "--format" and argv[i + 1 : i + 2] == ["model-explorer"]):
+            return True
+    return False
+
+
+def run(argv: List[str]) -> int:
+    """Runs the command line ``argv`` (without the program name); returns the exit code."""
+    try:
+        if argv[:1] == ["validate"]:
+            return _validate(argv[1:])
+        if argv[:1] == ["report"] and _is_model_explorer(argv[1:]):
+            return _model_explorer_report([a for a in argv[1:]])
+    except KeyboardInterrupt:
+        print("tflq: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if argv[:1] in (["-h"], ["--help"], ["help"], []):
+        from . import _tflq
+
+        code = _tflq.run_cli(["tflq", *argv])
+        sys.stdout.write(EXTRA_HELP)
+        return code
+    from . import _tflq
+
+    sys.stdout.flush()
+    return _tflq.run_cli(["tflq", *argv])
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    code = run(sys.argv[1:] if argv is None else argv)
+    sys.stdout.flush()
+    sys.exit(code)
