@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 ///
 /// The error's kind is `Other`, not `Interrupted`: `write_all`, `BufWriter` and `io::copy`
 /// retry `Interrupted` writes forever, so that kind would turn a stop into a busy loop.
-struct Stoppable<'a, W>(W, &'a Cancel);
+pub struct Stoppable<'a, W>(pub W, pub &'a Cancel);
 
 impl<W: Write> Write for Stoppable<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -5,7 +5,6 @@
 //!
 //! Cancellation: each call takes the [`Cancel`] token that the caller cancels on Ctrl-C.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -213,26 +212,11 @@ pub fn quantize_file(
     }))
 }
 
-/// A writer that fails once `stop` is cancelled (the in-memory quantization's Ctrl-C).
-struct Stoppable<'a, W>(W, &'a Cancel);
-
-impl<W: Write> Write for Stoppable<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.1.is_cancelled() {
-            return Err(std::io::Error::other("interrupted"));
-        }
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
 /// `tflq::quantize` of bytes in memory: the new model and the summary's JSON.
 pub fn quantize_bytes(data: &[u8], quant: &QuantArgs, stop: &Cancel) -> Res<(Vec<u8>, String)> {
     let opts = options(quant)?;
     let mut bytes = Vec::new();
-    let summary = tflq::quantize_to(data, &opts, Stoppable(&mut bytes, stop))?;
+    let summary = tflq::quantize_to(data, &opts, tflq::io::Stoppable(&mut bytes, stop))?;
     Ok((bytes, json(&summary)))
 }
 
