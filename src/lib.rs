@@ -50,7 +50,7 @@ pub use cancel::Cancel;
 pub use error::{Error, ModelError, Result};
 pub use model::Model;
 pub use pipeline::{FileOptions, against_files, quantize_file, read_model, report_file};
-pub use plan::{Granularity, LayoutPolicy, Mode, Options, SkipReason, WeightType};
+pub use plan::{Granularity, LayoutPolicy, Mode, Options, RangeMethod, SkipReason, WeightType};
 pub use report::{Report, ReportOptions};
 pub use rewrite::Layout;
 pub use summary::Summary;
@@ -78,7 +78,7 @@ pub fn quantize(input: &[u8], opts: &Options) -> Result<Output> {
 pub fn quantize_to<W: Write>(input: &[u8], opts: &Options, mut out: W) -> Result<Summary> {
     let model = Model::parse(input)?;
     let plan = plan::plan(&model, opts);
-    if plan.jobs().is_empty() {
+    if plan.jobs().is_empty() && plan.overrides().is_empty() {
         out.write_all(input)
             .and_then(|()| out.flush())
             .map_err(Error::Write)?;

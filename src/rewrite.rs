@@ -63,6 +63,8 @@ enum Source {
     Copy(std::ops::Range<usize>),
     /// Quantize job `n` of the plan.
     Quantize(usize),
+    /// The float32 data the plan replaced this buffer's with (equalization).
+    Override(u32),
 }
 
 impl Source {
@@ -70,6 +72,7 @@ impl Source {
         match self {
             Source::Copy(r) => r.len() as u64,
             Source::Quantize(j) => plan.jobs()[*j].stored_bytes(),
+            Source::Override(b) => plan.buffer_data(*b).len() as u64,
         }
     }
 }
@@ -132,6 +135,9 @@ fn buffer_sources(model: &Model<'_>, plan: &Plan<'_>) -> Vec<Option<Source>> {
         .iter()
         .map(|b| (!b.data.is_empty()).then(|| Source::Copy(b.data.clone())))
         .collect();
+    for &b in plan.overrides().keys() {
+        sources[b as usize] = Some(Source::Override(b));
+    }
     for (j, job) in plan.jobs().iter().enumerate() {
         sources[job.buffer as usize] = Some(Source::Quantize(j));
     }
@@ -520,9 +526,10 @@ fn stream<W: Write>(
         }
         match &b.source {
             Source::Copy(range) => out.write_all(&model.bytes()[range.clone()])?,
+            Source::Override(buffer) => out.write_all(plan.buffer_data(*buffer))?,
             Source::Quantize(j) => {
                 let job = &plan.jobs()[*j];
-                let data = model.buffer_data(job.buffer);
+                let data = plan.buffer_data(job.buffer);
                 stats[*j] = write_encoded(data, &job.encoding, &mut out, &mut codes)?;
             }
         }

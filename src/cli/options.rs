@@ -1,6 +1,6 @@
 //! The quantization flags shared by `quantize` and `report`, turned into library options.
 
-use crate::{Granularity, LayoutPolicy, Mode, Options, WeightType};
+use crate::{Granularity, LayoutPolicy, Mode, Options, RangeMethod, WeightType};
 use anyhow::{Result, bail};
 
 /// Which tensors to quantize, and how.
@@ -46,6 +46,25 @@ pub struct QuantArgs {
     /// the file would pass 2 GiB) or `external` (always after the flatbuffer).
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     layout: LayoutArg,
+    /// How int8 clipping ranges are chosen: `minmax` (the smallest range holding every
+    /// value) or `mse` (per tensor or channel, the range with the least squared error of the
+    /// weights, which may clip a few outliers).
+    #[arg(long, value_enum, default_value_t = RangeArg::Minmax)]
+    range: RangeArg,
+    /// No cross-layer equalization (on by default for per-tensor int8: channels of
+    /// consecutive layers rescaled so that their ranges match; the model's function is
+    /// unchanged).
+    #[arg(long)]
+    no_equalize: bool,
+    /// Equalize only and write the float model (to check that equalization keeps outputs).
+    #[arg(long)]
+    equalize_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RangeArg {
+    Minmax,
+    Mse,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -122,6 +141,12 @@ impl QuantArgs {
             exclude_ops: op_codes(&self.exclude_ops, "--exclude-ops")?,
             exclude_tensors,
             quantize_biases: self.quantize_biases,
+            range: match self.range {
+                RangeArg::Minmax => RangeMethod::Minmax,
+                RangeArg::Mse => RangeMethod::Mse,
+            },
+            equalize: !self.no_equalize,
+            equalize_only: self.equalize_only,
         })
     }
 }

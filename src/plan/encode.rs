@@ -4,11 +4,18 @@
 use std::collections::BTreeSet;
 
 use super::select::Selection;
-use super::{BufferJob, Granularity, Options, Readers, WeightType, one_shape};
+use super::{
+    BufferJob, Granularity, Options, RangeChoice, RangeMethod, Readers, WeightType, one_shape,
+};
 use crate::encoding::{Encoding, F16_MAX, Geometry};
 use crate::model::{Model, OpRef, TensorRef};
 use crate::ops::{self, Op};
-use crate::quant;
+use crate::quant::{self, QuantParams};
+use crate::range::{self, Grid};
+use rayon::prelude::*;
+
+/// The float32 data of a buffer as the plan sees it (equalized or the model's).
+pub(super) type Data<'d> = dyn Fn(u32) -> &'d [u8] + Sync + 'd;
 
 /// One read of a buffer: the operator, the input slot, and whether it runs hybrid.
 #[derive(Debug, Clone, Copy)]
@@ -25,8 +32,9 @@ pub(super) struct Encoded {
     pub clamped: Vec<TensorRef>,
 }
 
-pub(super) fn encode(
+pub(super) fn encode<'d>(
     model: &Model<'_>,
+    data: &Data<'d>,
     readers: &Readers,
     selected: &Selection,
     hybrid: &BTreeSet<OpRef>,
@@ -51,13 +59,13 @@ pub(super) fn encode(
                 })
             })
             .collect();
-        let (encoding, fallback) = if opts.weight_type == WeightType::Float16 {
+        let (encoding, fallback, searched) = if opts.weight_type == WeightType::Float16 {
             if range.min < -F16_MAX || range.max > F16_MAX {
                 clamped.extend(users.iter().copied());
             }
-            (Encoding::Float16, None)
+            (Encoding::Float16, None, None)
         } else {
-            int8(model, buffer, users, &shape, range, &reads, opts)
+            int8(model, data(buffer), users, &shape, range, &reads, opts)
         };
         let job = BufferJob {
             buffer,
@@ -68,23 +76,30 @@ pub(super) fn encode(
             max: range.max,
             users: Vec::new(),
             per_channel_fallback: fallback,
+            range: searched,
         };
         jobs.push((job, users.clone()));
     }
     Encoded { jobs, clamped }
 }
 
-/// The int8 encoding of one buffer, and why per-channel was asked for but not used.
+/// The int8 encoding of one buffer (float32 `data`), why per-channel was asked for but not
+/// used, and the searched range when `--range mse`.
 fn int8(
     model: &Model<'_>,
-    buffer: u32,
+    data: &[u8],
     users: &[TensorRef],
     shape: &[usize],
     range: quant::Range,
     reads: &[Read],
     opts: &Options,
-) -> (Encoding, Option<String>) {
+) -> (Encoding, Option<String>, Option<RangeChoice>) {
     let symmetric = opts.symmetric || reads.iter().any(|r| r.hybrid);
+    if opts.range == RangeMethod::Mse {
+        let grid = Grid::new(8, symmetric).expect("8 bits is a valid grid");
+        let (encoding, fallback, choices) = int8_mse(model, data, users, shape, reads, opts, grid);
+        return (encoding, fallback, Some(summarize(&choices)));
+    }
     let params = |r: quant::Range| {
         if symmetric {
             quant::symmetric_params(r.min, r.max)
@@ -121,7 +136,7 @@ fn int8(
     let encoding = match (agreed, required) {
         (Some(axis), r) if r.is_none_or(|r| r == axis) => {
             let geometry = Geometry::channels(shape, axis);
-            let ranges = quant::with_f32(model.buffer_data(buffer), |v| geometry.ranges(v));
+            let ranges = quant::with_f32(data, |v| geometry.ranges(v));
             fallback = None;
             Encoding::int8_channels(geometry, ranges.into_iter().map(params).collect())
         }
@@ -131,7 +146,111 @@ fn int8(
         ),
         (_, None) => Encoding::int8(params(range)),
     };
-    (encoding, fallback)
+    (encoding, fallback, None)
+}
+
+/// The axis per-channel parameters go on, if any, and why per-channel was asked for but not
+/// used; and the axis a hybrid reader requires scales on.
+fn axes(
+    model: &Model<'_>,
+    users: &[TensorRef],
+    shape: &[usize],
+    reads: &[Read],
+    opts: &Options,
+) -> (Option<usize>, Option<String>, Option<usize>) {
+    let required = reads
+        .iter()
+        .find(|r| r.hybrid && ops::hybrid(r.op).is_some_and(|h| h.requires_per_channel))
+        .and_then(|r| ops::channel_axis(r.op, r.slot, shape.len()));
+    let (agreed, fallback) = match opts.granularity {
+        Granularity::PerTensor => (None, None),
+        Granularity::PerChannel if !one_shape(model, users) => {
+            (None, Some("its readers have different shapes".to_owned()))
+        }
+        Granularity::PerChannel => match channel_axis(reads, shape.len()) {
+            Ok(axis) if shape[axis] > 1 => (Some(axis), None),
+            Ok(_) => (None, Some("a single channel".to_owned())),
+            Err(why) => (None, Some(why)),
+        },
+    };
+    (agreed, fallback, required)
+}
+
+/// [`int8`] with each range searched for (`--range mse`): per channel, each channel its own
+/// search. Returns the searches made.
+fn int8_mse(
+    model: &Model<'_>,
+    data: &[u8],
+    users: &[TensorRef],
+    shape: &[usize],
+    reads: &[Read],
+    opts: &Options,
+    grid: Grid,
+) -> (Encoding, Option<String>, Vec<range::Choice>) {
+    let params = |c: &range::Choice| QuantParams {
+        scale: c.params.scale,
+        zero_point: c.params.zero_point,
+        qmin: grid.qmin(),
+        qmax: grid.qmax(),
+    };
+    let (agreed, fallback, required) = axes(model, users, shape, reads, opts);
+    match (agreed, required) {
+        (Some(axis), r) if r.is_none_or(|r| r == axis) => {
+            let geometry = Geometry::channels(shape, axis);
+            let choices = quant::with_f32(data, |v| {
+                let mut channels = vec![Vec::new(); geometry.groups()];
+                geometry.runs(0, v.len(), |g, run| channels[g].extend_from_slice(&v[run]));
+                channels
+                    .par_iter()
+                    .map(|c| range::search(c, grid))
+                    .collect::<Vec<_>>()
+            });
+            let encoding = Encoding::int8_channels(geometry, choices.iter().map(params).collect());
+            (encoding, None, choices)
+        }
+        (_, Some(axis)) => {
+            let choice = quant::with_f32(data, |v| range::search(v, grid));
+            let encoding = Encoding::int8_channels(
+                Geometry::channels(shape, axis),
+                vec![params(&choice); shape[axis]],
+            );
+            (encoding, fallback, vec![choice])
+        }
+        (_, None) => {
+            let choice = quant::with_f32(data, |v| range::search(v, grid));
+            (Encoding::int8(params(&choice)), fallback, vec![choice])
+        }
+    }
+}
+
+/// One buffer's searches in one figure: the outermost range, the share clipped, and the
+/// gain over min-max of the whole buffer's squared error.
+fn summarize(choices: &[range::Choice]) -> RangeChoice {
+    let (mut error, mut minmax, mut clipped, mut count) = (0.0, 0.0, 0u64, 0u64);
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for c in choices {
+        error += c.error;
+        minmax += c.minmax_error;
+        clipped += c.clipped;
+        count += c.count;
+        lo = lo.min(c.lo);
+        hi = hi.max(c.hi);
+    }
+    RangeChoice {
+        method: RangeMethod::Mse,
+        lo,
+        hi,
+        clipped_share: if count > 0 {
+            clipped as f64 / count as f64
+        } else {
+            0.0
+        },
+        gain_db: if error > 0.0 && minmax > 0.0 {
+            10.0 * (minmax / error).log10()
+        } else {
+            0.0
+        },
+    }
 }
 
 /// The one axis all readers of a buffer agree on for per-channel scales, or why there is

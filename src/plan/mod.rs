@@ -49,6 +49,41 @@ pub struct Options {
     /// Quantize biases and per-channel vectors of elementwise ops too (they stay float by
     /// default: a fraction of a percent of the bytes, and costly in accuracy).
     pub quantize_biases: bool,
+    /// How int8 clipping ranges are chosen.
+    pub range: RangeMethod,
+    /// Cross-layer equalization before per-tensor int8 (no effect on per-channel or
+    /// float16, where it gains nothing).
+    pub equalize: bool,
+    /// Equalize and write the float model, quantizing nothing (to check that equalization
+    /// keeps the model's function).
+    pub equalize_only: bool,
+}
+
+/// How the clipping range of int8 weights is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RangeMethod {
+    /// The smallest range that holds every value.
+    #[default]
+    Minmax,
+    /// The range with the least squared reconstruction error of the tensor (or each
+    /// channel), data-free ([`crate::range::search`]).
+    Mse,
+}
+
+/// The clipping range chosen for one buffer, against min-max.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RangeChoice {
+    /// How it was chosen.
+    pub method: RangeMethod,
+    /// Smallest value the grid reconstructs (over all channels).
+    pub lo: f32,
+    /// Largest value the grid reconstructs (over all channels).
+    pub hi: f32,
+    /// Share of the values outside their range (clipped).
+    pub clipped_share: f64,
+    /// Less squared error than min-max, in dB (0 when min-max was kept).
+    pub gain_db: f64,
 }
 
 impl Default for Options {
@@ -64,6 +99,9 @@ impl Default for Options {
             exclude_ops: Vec::new(),
             exclude_tensors: None,
             quantize_biases: false,
+            range: RangeMethod::Minmax,
+            equalize: true,
+            equalize_only: false,
         }
     }
 }
@@ -308,6 +346,8 @@ pub struct BufferJob {
     pub users: Vec<User>,
     /// Why per-channel was asked for but not used, if so.
     pub per_channel_fallback: Option<String>,
+    /// The clipping range searched for (`--range mse`), if so.
+    pub range: Option<RangeChoice>,
 }
 
 impl BufferJob {
@@ -337,6 +377,9 @@ pub struct Plan<'m> {
     hybrid_ops: BTreeMap<OpRef, HybridOp>,
     clamped: Vec<TensorRef>,
     dequantize_version: Option<i32>,
+    /// New float32 data (little-endian) of buffers changed by equalization.
+    overrides: BTreeMap<u32, Vec<u8>>,
+    equalized_pairs: usize,
 }
 
 impl<'m> Plan<'m> {
@@ -370,6 +413,24 @@ impl<'m> Plan<'m> {
         self.dequantize_version
     }
 
+    /// The float32 data the plan works from for `buffer`: the equalized values when
+    /// equalization changed it, else the model's.
+    pub fn buffer_data(&self, buffer: u32) -> &[u8] {
+        self.overrides
+            .get(&buffer)
+            .map_or_else(|| self.model.buffer_data(buffer), Vec::as_slice)
+    }
+
+    /// Buffers whose float32 data equalization replaced (written as is when not quantized).
+    pub fn overrides(&self) -> &BTreeMap<u32, Vec<u8>> {
+        &self.overrides
+    }
+
+    /// Layer pairs equalized.
+    pub fn equalized_pairs(&self) -> usize {
+        self.equalized_pairs
+    }
+
     /// Skipped tensors counted by reason key.
     pub fn skipped_by_reason(&self) -> BTreeMap<&'static str, usize> {
         let mut m = BTreeMap::new();
@@ -392,13 +453,40 @@ impl<'m> Plan<'m> {
 /// parallel) to find its range(s) and to rule out NaN and infinities.
 pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
     let readers = Readers::new(model);
-    let selected = select::select(model, &readers, opts);
+    let equalization = if opts.equalize_only
+        || (opts.equalize
+            && opts.weight_type == WeightType::Int8
+            && opts.granularity == Granularity::PerTensor)
+    {
+        crate::equalize::find(model)
+    } else {
+        Default::default()
+    };
+    let overrides: BTreeMap<u32, Vec<u8>> = equalization
+        .buffers
+        .into_iter()
+        .map(|(b, v)| (b, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let data = |b: u32| {
+        overrides
+            .get(&b)
+            .map_or_else(|| model.buffer_data(b), Vec::as_slice)
+    };
+    let mut selected = select::select(model, &readers, opts);
+    if opts.equalize_only {
+        selected.candidates.clear();
+    }
+    for (&b, bytes) in &overrides {
+        if let Some(r) = selected.ranges.get_mut(&b) {
+            *r = crate::quant::with_f32(bytes, crate::quant::scan_range_par);
+        }
+    }
     let hybrid = if opts.mode == Mode::Dynamic && opts.weight_type == WeightType::Int8 {
         route::hybrid_ops(model, &selected.candidates)
     } else {
         Default::default()
     };
-    let encoded = encode::encode(model, &readers, &selected, &hybrid, opts);
+    let encoded = encode::encode(model, &data, &readers, &selected, &hybrid, opts);
     let routed = route::users(model, &readers, encoded.jobs, &hybrid);
     let mut skipped = selected.skipped;
     skipped.sort_by_key(|(r, _)| *r);
@@ -409,6 +497,8 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
         hybrid_ops: routed.hybrid_ops,
         clamped: encoded.clamped,
         dequantize_version: routed.dequantize_version,
+        equalized_pairs: equalization.pairs.len(),
+        overrides,
     }
 }
 

@@ -118,6 +118,23 @@ pub fn summary_lines(report: &Report) -> Vec<(&'static str, String)> {
         }
         lines.push(("mean", t));
     }
+    let searched: Vec<_> = report.tensors.iter().filter_map(|r| r.range).collect();
+    if !searched.is_empty() {
+        let gain = searched.iter().map(|r| r.gain_db).fold(0.0, f64::max);
+        let clipped = searched.iter().map(|r| r.clipped_share).fold(0.0, f64::max);
+        lines.push((
+            "range",
+            format!(
+                "mse in {} tensors: up to {gain:.1} dB over min-max, at most {:.2}% of values clipped",
+                searched.len(),
+                100.0 * clipped
+            ),
+        ));
+    }
+    if let Some(n) = report.equalized_pairs.filter(|&n| n > 0) {
+        lines.push(("equalized", format!("{n} layer pairs")));
+    }
+    lines.push(("measures", report.measures.to_owned()));
     lines
 }
 
@@ -162,6 +179,19 @@ pub(super) fn columns(report: &Report) -> Vec<Column> {
             format!("{}->{}", human(r.bytes_before), human(r.bytes_after))
         }),
     ];
+    if rows.iter().any(|r| r.range.is_some()) {
+        cols.push(col("clipped to", 6, false, &|r| {
+            r.range.map_or("-".into(), |c| {
+                format!(
+                    "{:.3}..{:.3} {:.2}% +{:.1}dB",
+                    c.lo,
+                    c.hi,
+                    100.0 * c.clipped_share,
+                    c.gain_db
+                )
+            })
+        }));
+    }
     if report.against.is_some() || rows.iter().any(|r| r.quantized.is_some()) {
         cols.push(col("matched by", 2, false, &|r| {
             r.quantized

@@ -170,6 +170,9 @@ pub struct TensorRow {
     pub bytes_before: u64,
     /// Bytes of the int8 data.
     pub bytes_after: u64,
+    /// The clipping range searched for (`--range mse`): chosen range, share clipped, gain
+    /// over min-max; `null` with min-max.
+    pub range: Option<crate::plan::RangeChoice>,
     /// The quantized tensor measured (`--against` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantized: Option<QuantizedTensor>,
@@ -254,7 +257,15 @@ pub struct Report {
     pub unmatched: Vec<Unmatched>,
     /// Things to look at, e.g. a match whose error is as large as the signal.
     pub warnings: Vec<String>,
+    /// Layer pairs equalized before quantizing (planned reports), else `null`.
+    pub equalized_pairs: Option<usize>,
+    /// What the report measures: the weights, not the model's outputs.
+    pub measures: &'static str,
 }
+
+/// What every report says it measures, in every format.
+pub const MEASURES: &str = "weights only (each tensor against its float values), not the \
+     model's outputs; for outputs run the model: `tflq validate` (Python package)";
 
 impl Report {
     /// Rows whose SQNR is below `db` (exact rows never are).
@@ -317,6 +328,8 @@ impl Report {
             skipped,
             unmatched,
             warnings: Vec::new(),
+            equalized_pairs: None,
+            measures: MEASURES,
         }
     }
 }
@@ -373,6 +386,7 @@ fn row(
         clamp_share: measured.code_use.edge_share(),
         bytes_before: model.buffer_data(t.buffer).len() as u64,
         bytes_after,
+        range: None,
         quantized: None,
         histograms: measured.histograms,
         sqnr,
@@ -395,7 +409,7 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
         let Some(scheme) = analyze::job_codes(job) else {
             // float16: the encoder's own error sums; no codes to count.
             let mut stats = ErrorStats::default();
-            for (k, block) in model.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
+            for (k, block) in plan.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
                 half.resize(block.len() / 2, 0u8);
                 let s =
                     quant::with_f32(block, |v| job.encoding.encode_par(v, k * BLOCK, &mut half));
@@ -425,7 +439,7 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
             continue;
         };
         let mut meter = analyze::Meter::new(scheme, job.min, job.max, opts.histograms);
-        for (k, block) in model.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
+        for (k, block) in plan.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
             let n = block.len() / 4;
             codes.resize(n, 0);
             quant::with_f32(block, |values| {
@@ -445,6 +459,9 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
                 job.elements,
                 job.buffer,
             ));
+            if let Some(r) = rows.last_mut() {
+                r.range = job.range;
+            }
         }
     }
     let skipped = plan
@@ -459,6 +476,7 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
         })
         .collect();
     let mut report = Report::new(rows, skipped, Vec::new());
+    report.equalized_pairs = Some(plan.equalized_pairs());
     report.min_elements = Some(opts.quant.min_elements);
     report
 }

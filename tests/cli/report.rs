@@ -119,7 +119,7 @@ fn report_json(args: &[&str]) -> Value {
     let out = tflq()
         .arg("report")
         .args(args)
-        .args(["--format", "json"])
+        .args(["--format", "json", "--no-equalize"])
         .assert()
         .success();
     json(&out.get_output().stdout)
@@ -140,7 +140,7 @@ fn planned_report_matches_the_written_model_tensor_by_tensor() {
         let dir = tmp();
         let out = dir.path().join("q.tflite");
         tflq()
-            .args(["quantize", "-q"])
+            .args(["quantize", "-q", "--no-equalize"])
             .arg(fixture(name))
             .arg("-o")
             .arg(&out)
@@ -234,7 +234,7 @@ fn against_this_tools_output_gives_the_planned_numbers() {
     let dir = tmp();
     let out = dir.path().join("cnn.q.tflite");
     tflq()
-        .args(["quantize", "-q"])
+        .args(["quantize", "-q", "--no-equalize"])
         .arg(fixture("cnn.tflite"))
         .arg("-o")
         .arg(&out)
@@ -414,7 +414,7 @@ fn quantize_writes_the_report_of_the_model_it_wrote() {
     let out = dir.path().join("cnn.q.tflite");
     let report = dir.path().join("cnn.report.json");
     let summary = tflq()
-        .args(["quantize", "--json"])
+        .args(["quantize", "--json", "--no-equalize"])
         .arg(fixture("cnn.tflite"))
         .arg("-o")
         .arg(&out)
@@ -488,7 +488,7 @@ fn each_mode_reports_the_error_its_written_model_has() {
             let dir = tmp();
             let out = dir.path().join("q.tflite");
             tflq()
-                .args(["quantize", "-q"])
+                .args(["quantize", "-q", "--no-equalize"])
                 .args(flags)
                 .arg(fixture(name))
                 .arg("-o")

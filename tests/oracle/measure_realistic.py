@@ -11,6 +11,7 @@ test_oracle.sqnr_db: 10 log10(sum ref^2 / sum (ref - q)^2).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,17 @@ MODES = {
     "symmetric": ("--symmetric",),
     "dynamic": ("--mode", "dynamic"),
     "dynamic-per-channel": ("--mode", "dynamic", "--granularity", "per-channel"),
+    # issue 13: range search and equalization, each alone and together
+    "--no-equalize": ("--no-equalize",),
+    "--range mse": ("--range", "mse"),
+    "--range mse --no-equalize": ("--range", "mse", "--no-equalize"),
+    "per-channel --symmetric mse": ("--granularity", "per-channel", "--symmetric", "--range", "mse"),
+    "per-channel mse": ("--granularity", "per-channel", "--range", "mse"),
+    "symmetric mse": ("--symmetric", "--range", "mse"),
+    "dynamic mse": ("--mode", "dynamic", "--range", "mse"),
+    "dynamic-per-channel mse": ("--mode", "dynamic", "--granularity", "per-channel", "--range", "mse"),
 }
+ONLY = [m for m in os.environ.get("MODES", "").split(",") if m]
 SEEDS = (0, 1, 2)
 
 
@@ -51,6 +62,8 @@ def main():
         runner = Interpreter(model_path=str(src)).get_signature_runner()
         feeds = [realistic_inputs(e, runner.get_input_details(), s) for s in SEEDS]
         for mode, flags in MODES.items():
+            if ONLY and mode not in ONLY:
+                continue
             out = tmp / f"{src.stem}.{len(rows)}.tflite"
             subprocess.run([str(TFLQ), "quantize", str(src), "-o", str(out), "-q", *flags], check=True)
             dbs = [sqnr_db(outputs(src, feeds, x), outputs(out, feeds, x)) for x in (True, False)]
