@@ -176,6 +176,13 @@ struct Operand {
 ///   quantized, whose buffers no other tensor uses and that no other op reads; layer 2 reads
 ///   the tensor as its input 0 and has exactly as many input channels as layer 1 has outputs.
 pub fn find(model: &Model<'_>) -> Equalization {
+    find_where(model, |_| true)
+}
+
+/// [`find`], equalizing only pairs whose two weight buffers satisfy `eligible`: the planner
+/// passes the buffers it will quantize, since a pair that stays float gains nothing (and a
+/// second run over the output would find it again).
+pub fn find_where(model: &Model<'_>, eligible: impl Fn(u32) -> bool) -> Equalization {
     let uses = buffer_uses(model);
     let mut out = Equalization::default();
     for (si, sg) in model.subgraphs().iter().enumerate() {
@@ -292,6 +299,8 @@ pub fn find(model: &Model<'_>) -> Equalization {
                 || w2.shape[l2.input_axis()] != channels
                 || (l2 == Layout::Depthwise && w2.shape[3] != channels)
                 || w1.buffer == w2.buffer
+                || !eligible(w1.buffer)
+                || !eligible(w2.buffer)
             {
                 continue;
             }

@@ -26,6 +26,8 @@ pub struct QuantArgs {
     pub exclude_ops: Vec<String>,
     pub exclude_tensors: Option<String>,
     pub quantize_biases: bool,
+    pub range: String,
+    pub equalize: bool,
     pub layout: String,
 }
 
@@ -175,6 +177,17 @@ pub fn options(a: &QuantArgs) -> Res<Options> {
         exclude_ops: op_codes(&a.exclude_ops, "exclude_ops")?,
         exclude_tensors,
         quantize_biases: a.quantize_biases,
+        range: pick(
+            "range",
+            &a.range,
+            &[
+                ("minmax", tflq::plan::RangeMethod::Minmax),
+                ("mse", tflq::plan::RangeMethod::Mse),
+            ],
+        )?,
+        equalize: a.equalize,
+        // Options the Python API does not name keep the library's defaults.
+        ..Options::default()
     })
 }
 

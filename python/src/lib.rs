@@ -60,6 +60,8 @@ fn quant_args(d: &Bound<'_, PyDict>) -> PyResult<QuantArgs> {
         exclude_ops: get(d, "exclude_ops")?,
         exclude_tensors: get(d, "exclude_tensors")?,
         quantize_biases: get(d, "quantize_biases")?,
+        range: get(d, "range")?,
+        equalize: get(d, "equalize")?,
         layout: get(d, "layout")?,
     })
 }

@@ -37,6 +37,11 @@ exclude_tensors : str, optional
 quantize_biases : bool, default False
     Also quantize biases and per-channel vectors of elementwise ops (ADD, MUL, PRELU, ...),
     which stay float by default.
+range : {"minmax", "mse"}, default "minmax"
+    How int8 ranges are chosen: the values' min and max, or the clipping range that
+    minimizes each tensor's (channel's) reconstruction error.
+equalize : bool, default True
+    Cross-layer equalization before per-tensor int8 (``False``: the flag --no-equalize).
 layout : {"auto", "external"}, default "auto"
     ``auto``: weight data inline, or after the flatbuffer with offset/size when the file
     would pass 2 GiB; ``external``: always after the flatbuffer.
@@ -119,6 +124,8 @@ _DEFAULTS: Dict[str, Any] = {
     "exclude_ops": [],
     "exclude_tensors": None,
     "quantize_biases": False,
+    "range": "minmax",
+    "equalize": True,
     "layout": "auto",
 }
 
@@ -147,7 +154,7 @@ def _options(where: str, given: Dict[str, Any]) -> Dict[str, Any]:
                 raise TypeError(f"min_elements must be an int, not {type(value).__name__}")
             if value < 0:
                 raise OptionError(f"min_elements must be >= 0, not {value}")
-        elif key in ("symmetric", "quantize_biases"):
+        elif key in ("symmetric", "quantize_biases", "equalize"):
             value = bool(value)
         elif key == "exclude_tensors":
             if value is not None and not isinstance(value, str):

@@ -106,6 +106,8 @@ def _model_explorer_report(argv: List[str]) -> int:
     p.add_argument("--include-ops", default="")
     p.add_argument("--exclude-ops", default="")
     p.add_argument("--quantize-biases", action="store_true")
+    p.add_argument("--range", default="minmax", choices=["minmax", "mse"])
+    p.add_argument("--no-equalize", action="store_true")
     p.add_argument("--exclude-tensors")
     p.add_argument("--layout", default="auto", choices=["auto", "external"])
     args = p.parse_args(argv)
@@ -125,6 +127,8 @@ def _model_explorer_report(argv: List[str]) -> int:
             exclude_ops=args.exclude_ops,
             exclude_tensors=args.exclude_tensors,
             quantize_biases=args.quantize_biases,
+            range=args.range,
+            equalize=not args.no_equalize,
             layout=args.layout,
         )
     except tflq.OptionError as e:

@@ -453,12 +453,13 @@ impl<'m> Plan<'m> {
 /// parallel) to find its range(s) and to rule out NaN and infinities.
 pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
     let readers = Readers::new(model);
+    let mut selected = select::select(model, &readers, opts);
     let equalization = if opts.equalize_only
         || (opts.equalize
             && opts.weight_type == WeightType::Int8
             && opts.granularity == Granularity::PerTensor)
     {
-        crate::equalize::find(model)
+        crate::equalize::find_where(model, |b| selected.candidates.contains_key(&b))
     } else {
         Default::default()
     };
@@ -472,7 +473,6 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
             .get(&b)
             .map_or_else(|| model.buffer_data(b), Vec::as_slice)
     };
-    let mut selected = select::select(model, &readers, opts);
     if opts.equalize_only {
         selected.candidates.clear();
     }

@@ -255,6 +255,13 @@ fn find(
 /// Measures every constant INT8 tensor of `quantized` against its float original in `float`.
 pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -> Report {
     let qd = details::details(quantized);
+    // A model that tflq quantized after cross-layer equalization approximates the equalized
+    // weights, not the original ones; equalization is a function of the float model, so the
+    // same values can be made here and each such tensor is measured against whichever of the
+    // two its codes stand for.
+    let default_plan = crate::plan::plan(float, &crate::plan::Options::default());
+    let equalized = default_plan.overrides();
+    let mut compared_equalized = 0usize;
     let fcons: Vec<_> = float.subgraphs().iter().map(consumers).collect();
     let mut rows = Vec::new();
     let mut unmatched = Vec::new();
@@ -313,7 +320,7 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
                 continue;
             };
             let ft = &float.subgraphs()[s].tensors[fi];
-            let measured = with_f32(float.buffer_data(ft.buffer), |values| {
+            let measure = |values: &[f32]| {
                 let range = quant::scan_range_par(values);
                 if range.non_finite > 0 {
                     return Err(range.non_finite);
@@ -322,7 +329,17 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
                 let mut meter = Meter::new(&scheme, range.min, range.max, opts.histograms);
                 meter.add(values, codes, None);
                 Ok((range, meter.finish()))
-            });
+            };
+            let mut measured = with_f32(float.buffer_data(ft.buffer), measure);
+            if let (Ok((_, original)), Some(bytes)) = (&measured, equalized.get(&ft.buffer)) {
+                let other = with_f32(bytes, measure);
+                if let Ok((_, m)) = &other {
+                    if m.stats.noise < original.stats.noise {
+                        measured = other;
+                        compared_equalized += 1;
+                    }
+                }
+            }
             let (range, measured) = match measured {
                 Ok(m) => m,
                 Err(n) => {
@@ -386,5 +403,17 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
             )
         })
         .collect();
+    if compared_equalized > 0 {
+        report.warnings.push(format!(
+            "{compared_equalized} tensor{} measured against the float weights after cross-layer \
+             equalization (what tflq quantizes by default; `tflq quantize --equalize-only` \
+             writes that float model): their codes stand for those values, not the original ones",
+            if compared_equalized == 1 {
+                " was"
+            } else {
+                "s were"
+            }
+        ));
+    }
     report
 }

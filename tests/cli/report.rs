@@ -780,3 +780,65 @@ fn against_lists_as_unmatched_what_neither_buffer_nor_name_finds() {
     want.sort_unstable();
     assert_eq!(listed, want);
 }
+
+/// tflq's default output (equalized, then quantized) measured with `--against` the float
+/// model gives the planned report's numbers: the equalized tensors are compared with the
+/// equalized weights their codes stand for, and the report says so.
+#[test]
+fn against_an_equalized_output_measures_the_equalized_weights() {
+    let dir = tmp();
+    let out = dir.path().join("dwsep.q.tflite");
+    let summary = json(
+        &tflq()
+            .args(["quantize", "--json"])
+            .arg(fixture("dwsep_bn.tflite"))
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    );
+    assert!(
+        summary["equalized_pairs"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    let planned = json(
+        &tflq()
+            .args(["report", "--format", "json"])
+            .arg(fixture("dwsep_bn.tflite"))
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    );
+    let measured = json(
+        &tflq()
+            .args(["report", "--format", "json"])
+            .arg(fixture("dwsep_bn.tflite"))
+            .arg("--against")
+            .arg(&out)
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    );
+    let (a, b) = (
+        planned["tensors"].as_array().unwrap(),
+        measured["tensors"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["name"], y["name"]);
+        close(&y["sqnr_db"], x["sqnr_db"].as_f64().unwrap(), 1e-9, "sqnr");
+        assert_eq!(x["levels_used"], y["levels_used"]);
+    }
+    let warnings = measured["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("after cross-layer equalization")),
+        "{warnings:?}"
+    );
+}
