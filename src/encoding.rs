@@ -25,6 +25,15 @@ pub enum Geometry {
         /// Product of the dimensions after `axis`: elements in one run of a channel.
         inner: usize,
     },
+    /// Blocks of `size` consecutive elements along the last axis (which `size` divides):
+    /// element `i` is in block `i / size`, and the blocks of a `[N, K]` tensor are
+    /// `[N, K / size]` row-major.
+    Blocks {
+        /// Elements per block.
+        size: usize,
+        /// Number of blocks.
+        count: usize,
+    },
 }
 
 impl Geometry {
@@ -37,11 +46,22 @@ impl Geometry {
         }
     }
 
+    /// Blocks of `size` along the last axis of a tensor with dimensions `dims`, or `None`
+    /// when `size` does not divide that axis.
+    pub fn blocks(dims: &[usize], size: usize) -> Option<Geometry> {
+        let last = *dims.last()?;
+        (size > 0 && last % size == 0).then(|| Geometry::Blocks {
+            size,
+            count: dims.iter().product::<usize>() / size,
+        })
+    }
+
     /// Number of parameter sets.
     pub fn groups(&self) -> usize {
         match *self {
             Geometry::Tensor => 1,
             Geometry::Channels { channels, .. } => channels,
+            Geometry::Blocks { count, .. } => count,
         }
     }
 
@@ -53,6 +73,7 @@ impl Geometry {
             Geometry::Channels {
                 channels, inner, ..
             } => (index / inner.max(1)) % channels.max(1),
+            Geometry::Blocks { size, .. } => index / size.max(1),
         }
     }
 
@@ -67,6 +88,7 @@ impl Geometry {
                 return;
             }
             Geometry::Channels { inner, .. } => inner.max(1),
+            Geometry::Blocks { size, .. } => size.max(1),
         };
         let mut i = 0;
         while i < len {
@@ -84,6 +106,10 @@ impl Geometry {
             Geometry::Channels {
                 channels, inner, ..
             } => channel_ranges(values, channels, inner),
+            Geometry::Blocks { size, .. } => values
+                .par_chunks(size.max(1))
+                .map(quant::scan_range)
+                .collect(),
         }
     }
 }
@@ -139,6 +165,10 @@ fn channel_ranges(values: &[f32], channels: usize, inner: usize) -> Vec<Range> {
 pub enum Bits {
     /// One signed byte per element.
     Eight,
+    /// Two signed nibbles per byte, element 0 in the low nibble (TensorType INT4).
+    Four,
+    /// Four signed 2-bit codes per byte, element 0 in the low bits (TensorType INT2).
+    Two,
 }
 
 impl Bits {
@@ -146,8 +176,81 @@ impl Bits {
     pub fn dtype(self) -> DType {
         match self {
             Bits::Eight => DType::INT8,
+            Bits::Four => DType::INT4,
+            Bits::Two => DType::INT2,
         }
     }
+
+    /// Bits per code.
+    pub fn width(self) -> u32 {
+        match self {
+            Bits::Eight => 8,
+            Bits::Four => 4,
+            Bits::Two => 2,
+        }
+    }
+
+    /// Codes per byte.
+    pub fn per_byte(self) -> usize {
+        8 / self.width() as usize
+    }
+
+    /// Bytes that `n` packed codes take: `ceil(n * bits / 8)`.
+    pub fn bytes_for(self, n: u64) -> u64 {
+        n.div_ceil(self.per_byte() as u64)
+    }
+
+    /// Lower-case name: `int8`, `int4`, `int2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bits::Eight => "int8",
+            Bits::Four => "int4",
+            Bits::Two => "int2",
+        }
+    }
+
+    /// The code of element `index` of packed `bytes`, sign-extended.
+    #[inline]
+    pub fn code(self, bytes: &[u8], index: usize) -> i8 {
+        match self {
+            Bits::Eight => bytes[index] as i8,
+            _ => {
+                let w = self.width();
+                let per = self.per_byte();
+                let shift = (index % per) as u32 * w;
+                // Move the code to the top bits, then shift back arithmetically.
+                ((bytes[index / per] >> shift) << (8 - w)) as i8 >> (8 - w)
+            }
+        }
+    }
+}
+
+/// Packs signed `codes` (each in range for `bits`) into `out`, low bits first; a last byte
+/// that is not full has zero high bits.
+pub fn pack(bits: Bits, codes: &[i8], out: &mut [u8]) {
+    match bits {
+        Bits::Eight => out.copy_from_slice(bytemuck::cast_slice(codes)),
+        Bits::Four => {
+            for (o, pair) in out.iter_mut().zip(codes.chunks(2)) {
+                let lo = pair[0] as u8 & 0x0F;
+                let hi = pair.get(1).map_or(0, |&c| c as u8 & 0x0F);
+                *o = lo | (hi << 4);
+            }
+        }
+        Bits::Two => {
+            for (o, four) in out.iter_mut().zip(codes.chunks(4)) {
+                *o = four
+                    .iter()
+                    .enumerate()
+                    .fold(0u8, |b, (k, &c)| b | ((c as u8 & 3) << (2 * k)));
+            }
+        }
+    }
+}
+
+/// Unpacks `n` codes of `bytes`.
+pub fn unpack(bits: Bits, bytes: &[u8], n: usize) -> Vec<i8> {
+    (0..n).map(|i| bits.code(bytes, i)).collect()
 }
 
 /// Integer codes with their parameters.
@@ -173,12 +276,26 @@ pub enum Encoding {
 /// The quantization parameters to write into a tensor, in our own terms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantSpec {
-    /// One scale per group.
+    /// One scale per group (empty when blockwise: the scales are a tensor of their own).
     pub scales: Vec<f32>,
-    /// One zero point per group.
+    /// One zero point per group (empty when blockwise).
     pub zero_points: Vec<i64>,
-    /// The quantized dimension (0 when per-tensor).
+    /// The quantized dimension (0 when per-tensor or blockwise).
     pub axis: usize,
+    /// Blockwise parameters, which need a second tensor.
+    pub blocks: Option<BlockScales>,
+}
+
+/// The scales of a blockwise tensor: a FLOAT16 tensor of shape `shape` (`[N, K / size]`
+/// for a `[N, K]` weight) with no zero points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockScales {
+    /// Elements per block.
+    pub size: usize,
+    /// Shape of the scale tensor.
+    pub shape: Vec<usize>,
+    /// The scales, row-major, as float16 bytes (little-endian).
+    pub bytes: Vec<u8>,
 }
 
 /// Largest finite float16 value.
@@ -211,13 +328,39 @@ impl Encoding {
         }
     }
 
+    /// Integer codes of `bits` with one set of parameters per group of `geometry`.
+    pub fn int(bits: Bits, geometry: Geometry, params: Vec<QuantParams>) -> Encoding {
+        Encoding::Int(Codes {
+            bits,
+            geometry,
+            params,
+        })
+    }
+
     /// Bytes that `n` encoded elements take.
     pub fn bytes_for(&self, n: u64) -> u64 {
         match self {
-            Encoding::Int(c) => match c.bits {
-                Bits::Eight => n,
-            },
+            Encoding::Int(c) => c.bits.bytes_for(n),
             Encoding::Float16 => 2 * n,
+        }
+    }
+
+    /// Elements per byte boundary: a run encoded on its own must start at a multiple of it.
+    pub fn alignment(&self) -> usize {
+        match self {
+            Encoding::Int(c) => c.bits.per_byte(),
+            Encoding::Float16 => 1,
+        }
+    }
+
+    /// The block size of a blockwise encoding.
+    pub fn block_size(&self) -> Option<usize> {
+        match self {
+            Encoding::Int(Codes {
+                geometry: Geometry::Blocks { size, .. },
+                ..
+            }) => Some(*size),
+            _ => None,
         }
     }
 
@@ -248,13 +391,21 @@ impl Encoding {
         }
     }
 
-    /// Stable name used in summaries: `int8`, `int8_per_channel` or `float16`.
+    /// Stable name used in summaries: `int8`, `int8_per_channel`, `int4_blockwise`, ...,
+    /// or `float16`.
     pub fn name(&self) -> &'static str {
         match self {
             Encoding::Float16 => "float16",
             Encoding::Int(c) => match (c.bits, c.geometry) {
                 (Bits::Eight, Geometry::Tensor) => "int8",
                 (Bits::Eight, Geometry::Channels { .. }) => "int8_per_channel",
+                (Bits::Eight, Geometry::Blocks { .. }) => "int8_blockwise",
+                (Bits::Four, Geometry::Tensor) => "int4",
+                (Bits::Four, Geometry::Channels { .. }) => "int4_per_channel",
+                (Bits::Four, Geometry::Blocks { .. }) => "int4_blockwise",
+                (Bits::Two, Geometry::Tensor) => "int2",
+                (Bits::Two, Geometry::Channels { .. }) => "int2_per_channel",
+                (Bits::Two, Geometry::Blocks { .. }) => "int2_blockwise",
             },
         }
     }
@@ -263,18 +414,19 @@ impl Encoding {
     pub fn suffix(&self) -> &'static str {
         match self {
             Encoding::Float16 => "fp16",
-            Encoding::Int(_) => "int8",
+            Encoding::Int(c) => c.bits.name(),
         }
     }
 
-    /// The DEQUANTIZE version the converter writes for this input: 2 for int8, 3 for
-    /// float16, 5 for per-channel int8.
+    /// The DEQUANTIZE version the converter writes for this input (its op-version rules):
+    /// 2 for int8, 3 for float16, 5 for per-channel int8, 6 for int4 and int2.
     pub fn dequantize_version(&self) -> i32 {
         match self {
             Encoding::Float16 => 3,
-            Encoding::Int(c) => match c.geometry {
-                Geometry::Tensor => 2,
-                Geometry::Channels { .. } => 5,
+            Encoding::Int(c) => match (c.bits, c.geometry) {
+                (Bits::Four | Bits::Two, _) => 6,
+                (Bits::Eight, Geometry::Tensor) => 2,
+                (Bits::Eight, _) => 5,
             },
         }
     }
@@ -282,21 +434,55 @@ impl Encoding {
     /// The quantization parameters to write (none for float16).
     pub fn quant_spec(&self) -> Option<QuantSpec> {
         let c = self.codes()?;
+        if let Geometry::Blocks { size, count } = c.geometry {
+            let mut bytes = Vec::with_capacity(2 * count);
+            for p in &c.params {
+                bytes.extend_from_slice(&half::f16::from_f32(p.scale).to_le_bytes());
+            }
+            return Some(QuantSpec {
+                scales: Vec::new(),
+                zero_points: Vec::new(),
+                axis: 0,
+                blocks: Some(BlockScales {
+                    size,
+                    shape: Vec::new(),
+                    bytes,
+                }),
+            });
+        }
         Some(QuantSpec {
             scales: c.params.iter().map(|p| p.scale).collect(),
             zero_points: c.params.iter().map(|p| i64::from(p.zero_point)).collect(),
             axis: match c.geometry {
-                Geometry::Tensor => 0,
                 Geometry::Channels { axis, .. } => axis,
+                _ => 0,
             },
+            blocks: None,
         })
+    }
+
+    /// [`Encoding::quant_spec`] for a tensor of dimensions `dims`: a blockwise scale tensor
+    /// gets the shape `[dims[..-1], last / size]`.
+    pub fn quant_spec_for(&self, dims: &[usize]) -> Option<QuantSpec> {
+        let mut spec = self.quant_spec()?;
+        if let Some(b) = spec.blocks.as_mut() {
+            let mut shape = dims.to_vec();
+            if let Some(last) = shape.last_mut() {
+                *last /= b.size.max(1);
+            }
+            b.shape = shape;
+        }
+        Some(spec)
     }
 
     /// Encodes `values`, elements `first..first + values.len()` of the tensor, into `out`
     /// (`bytes_for(values.len())` bytes) and measures the error.
+    ///
+    /// For sub-byte codes `first` must be a multiple of [`Encoding::alignment`], so that
+    /// the run starts on a byte.
     pub fn encode(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
         match self {
-            Encoding::Int(c) => {
+            Encoding::Int(c) if c.bits == Bits::Eight => {
                 let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
                 let mut stats = ErrorStats::default();
                 c.geometry.runs(first, values.len(), |g, r| {
@@ -304,6 +490,27 @@ impl Encoding {
                         quant::quantize_measured(&values[r.clone()], c.params[g], &mut codes[r]);
                     stats = stats.merge(s);
                 });
+                stats
+            }
+            Encoding::Int(c) => {
+                debug_assert_eq!(first % c.bits.per_byte(), 0);
+                // Quantize a run into bytes on the stack, then pack it; runs are a whole
+                // number of bytes (RUN is a multiple of 4).
+                let mut codes = [0i8; quant::RUN];
+                let mut stats = ErrorStats::default();
+                let per = c.bits.per_byte();
+                for (k, (xs, os)) in values
+                    .chunks(quant::RUN)
+                    .zip(out.chunks_mut(quant::RUN / per))
+                    .enumerate()
+                {
+                    let qs = &mut codes[..xs.len()];
+                    c.geometry.runs(first + k * quant::RUN, xs.len(), |g, r| {
+                        let s = quant::quantize_measured(&xs[r.clone()], c.params[g], &mut qs[r]);
+                        stats = stats.merge(s);
+                    });
+                    pack(c.bits, qs, os);
+                }
                 stats
             }
             Encoding::Float16 => encode_f16(values, out),
@@ -324,9 +531,10 @@ impl Encoding {
     /// The value the encoded element `index` of `bytes` stands for.
     pub fn decode(&self, bytes: &[u8], index: usize) -> f32 {
         match self {
-            Encoding::Int(c) => {
-                quant::dequantize(bytes[index] as i8, c.params[c.geometry.group_of(index)])
-            }
+            Encoding::Int(c) => quant::dequantize(
+                c.bits.code(bytes, index),
+                c.params[c.geometry.group_of(index)],
+            ),
             Encoding::Float16 => {
                 half::f16::from_le_bytes([bytes[2 * index], bytes[2 * index + 1]]).to_f32()
             }
@@ -513,7 +721,8 @@ mod tests {
             Some(QuantSpec {
                 scales: vec![0.5],
                 zero_points: vec![0],
-                axis: 0
+                axis: 0,
+                blocks: None,
             })
         );
         let c = Encoding::int8_channels(Geometry::channels(&[4, 2], 1), vec![p(1.0), p(2.0)]);
