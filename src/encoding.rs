@@ -735,6 +735,158 @@ mod tests {
         assert_eq!(Encoding::Float16.quant_spec(), None);
     }
 
+    #[test]
+    fn int4_packs_low_nibble_first_and_sign_extends() {
+        let codes = [1i8, -2, 7, -8, 3];
+        let mut out = [0u8; 3];
+        pack(Bits::Four, &codes, &mut out);
+        // 1 | (-2 & 15) << 4 = 0xE1; 7 | 8 << 4 = 0x87; 3 then a zero high nibble.
+        assert_eq!(out, [0xE1, 0x87, 0x03]);
+        assert_eq!(unpack(Bits::Four, &out, 5), codes);
+        let two = [1i8, -1, -2, 0, 1];
+        let mut out = [0u8; 2];
+        pack(Bits::Two, &two, &mut out);
+        // 01 | 11 << 2 | 10 << 4 | 00 << 6 = 0b0010_1101; then 01.
+        assert_eq!(out, [0b0010_1101, 0b01]);
+        assert_eq!(unpack(Bits::Two, &out, 5), two);
+        assert_eq!((Bits::Four.bytes_for(5), Bits::Two.bytes_for(5)), (3, 2));
+    }
+
+    #[test]
+    fn sub_byte_sizes_names_and_parameters() {
+        let q = QuantParams {
+            scale: 0.5,
+            zero_point: 0,
+            qmin: -7,
+            qmax: 7,
+        };
+        let e = Encoding::int(Bits::Four, Geometry::Tensor, vec![q]);
+        assert_eq!(
+            (e.bytes_for(7), e.dtype(), e.name(), e.suffix()),
+            (4, DType::INT4, "int4", "int4")
+        );
+        assert_eq!(e.dequantize_version(), 6);
+        let g = Geometry::blocks(&[2, 64], 32).unwrap();
+        assert_eq!(g, Geometry::Blocks { size: 32, count: 4 });
+        assert_eq!(Geometry::blocks(&[2, 48], 32), None);
+        let params: Vec<_> = [0.5f32, 0.25, 1.0, 2.0]
+            .iter()
+            .map(|&scale| QuantParams { scale, ..q })
+            .collect();
+        let b = Encoding::int(Bits::Four, g, params);
+        assert_eq!((b.name(), b.block_size()), ("int4_blockwise", Some(32)));
+        let spec = b.quant_spec_for(&[2, 64]).unwrap();
+        assert!(spec.scales.is_empty() && spec.zero_points.is_empty());
+        let blocks = spec.blocks.unwrap();
+        assert_eq!((blocks.size, blocks.shape.clone()), (32, vec![2, 2]));
+        // float16 0.5, 0.25, 1.0, 2.0: 0x3800, 0x3400, 0x3C00, 0x4000, little-endian.
+        assert_eq!(blocks.bytes, [0, 0x38, 0, 0x34, 0, 0x3C, 0, 0x40]);
+        // Element 33 is in block 1 (row 0, second block); element 64 in block 2.
+        assert_eq!((g.group_of(33), g.group_of(64)), (1, 2));
+    }
+
+    proptest! {
+        /// Packing round-trips any codes in range, for any count (odd ones included), and
+        /// element i sits in byte i / per_byte at bit (i % per_byte) * width.
+        #[test]
+        fn packing_round_trips(
+            raw in prop::collection::vec(any::<i8>(), 0..300),
+            four in any::<bool>(),
+        ) {
+            let bits = if four { Bits::Four } else { Bits::Two };
+            let w = bits.width();
+            let lo = -(1i8 << (w - 1));
+            let codes: Vec<i8> = raw
+                .iter()
+                .map(|&c| (c.rem_euclid(1 << w)) + lo)
+                .collect();
+            let mut out = vec![0u8; bits.bytes_for(codes.len() as u64) as usize];
+            pack(bits, &codes, &mut out);
+            prop_assert_eq!(unpack(bits, &out, codes.len()), codes.clone());
+            let per = bits.per_byte();
+            for (i, &c) in codes.iter().enumerate() {
+                let field = (out[i / per] >> ((i % per) as u32 * w)) & ((1u8 << w) - 1);
+                prop_assert_eq!(field, (c as u8) & ((1u8 << w) - 1));
+            }
+        }
+
+        /// Sub-byte encoding, whole or in byte-aligned pieces, per tensor, per channel or
+        /// per block: every value comes back within half a step of its group (no clipping
+        /// with min-max parameters), and the pieces give the same bytes as the whole.
+        #[test]
+        fn every_sub_byte_value_within_half_a_step(
+            values in prop::collection::vec(-100f32..100.0, 1..400),
+            four in any::<bool>(),
+            kind in 0usize..3,
+            cut in 0usize..200,
+        ) {
+            let bits = if four { Bits::Four } else { Bits::Two };
+            let w = bits.width();
+            let n = values.len() / 32 * 32;
+            let (values, geometry) = match kind {
+                0 => (&values[..], Geometry::Tensor),
+                1 => (&values[..], Geometry::channels(&[1, values.len()], 0)),
+                _ if n > 0 => (&values[..n], Geometry::blocks(&[n / 32, 32], 32).unwrap()),
+                _ => (&values[..], Geometry::Tensor),
+            };
+            let params: Vec<QuantParams> = match geometry {
+                Geometry::Blocks { .. } => geometry
+                    .ranges(values)
+                    .iter()
+                    .map(|r| {
+                        let s = quant::block_scale(r.min.abs().max(r.max.abs()), w).unwrap();
+                        let qmax = (1 << (w - 1)) - 1;
+                        QuantParams { scale: s, zero_point: 0, qmin: -qmax, qmax }
+                    })
+                    .collect(),
+                _ => geometry
+                    .ranges(values)
+                    .iter()
+                    .map(|r| quant::asymmetric_params_bits(r.min, r.max, w))
+                    .collect(),
+            };
+            let e = Encoding::int(bits, geometry, params.clone());
+            let size = e.bytes_for(values.len() as u64) as usize;
+            let mut whole = vec![0u8; size];
+            let stats = e.encode(values, 0, &mut whole);
+            let per = bits.per_byte();
+            let cut = (cut.min(values.len()) / per) * per;
+            let mut pieces = vec![0u8; size];
+            e.encode(&values[..cut], 0, &mut pieces[..cut / per]);
+            e.encode(&values[cut..], cut, &mut pieces[cut / per..]);
+            prop_assert_eq!(&whole, &pieces);
+            let mut noise = 0f64;
+            for (i, &x) in values.iter().enumerate() {
+                let p = params[geometry.group_of(i)];
+                let y = e.decode(&whole, i);
+                prop_assert!((y - x).abs() <= p.scale * 0.5 * 1.0001 + 1e-6,
+                    "x {} y {} scale {}", x, y, p.scale);
+                let q = i32::from(bits.code(&whole, i));
+                prop_assert!(q >= p.qmin && q <= p.qmax);
+                noise += (f64::from(x) - f64::from(y)).powi(2);
+            }
+            prop_assert_eq!(stats.count, values.len() as u64);
+            prop_assert!((stats.noise - noise).abs() <= 1e-3 * noise + 1e-6);
+        }
+
+        /// Block scales: positive, normal in float16, exact in bfloat16 and float16, and
+        /// never so small that the block's largest value needs a code beyond qmax.
+        #[test]
+        fn block_scales_are_safe_for_both_kernels(amax in prop_oneof![
+            0f32..1e-6, 1e-6f32..1.0, 1.0f32..1000.0, Just(0.0), Just(65504.0 * 7.0 * 1.5)
+        ]) {
+            match quant::block_scale(amax, 4) {
+                None => prop_assert!(amax / 7.0 > 65000.0),
+                Some(s) => {
+                    prop_assert!(s > 0.0 && s >= 6.103_515_6e-5);
+                    prop_assert_eq!(s.to_bits() & 0xFFFF, 0);
+                    prop_assert_eq!(half::f16::from_f32(s).to_f32(), s);
+                    prop_assert!(amax / s <= 7.0 + 1e-6, "{} / {}", amax, s);
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn float16_encoding_converts_each_value_alone(
