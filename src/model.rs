@@ -548,6 +548,7 @@ fn read_subgraph(
             });
         }
         check_quantization(si, ti, &name, &t, &shape)?;
+        check_blockwise(si, ti, &name, &t, &shape, &fb_tensors)?;
         check_tensor_unions(si, ti, &t)?;
         let sparse = t.sparsity().is_some();
         // Strings and other types without a fixed element size are not checked; sparse data
@@ -741,6 +742,73 @@ fn check_quantization(
                 "{scales} scales: neither one (per tensor) nor {size} (per slice of dimension {dim})"
             ));
         }
+    }
+    Ok(())
+}
+
+/// Blockwise quantization parameters: the scale tensor exists in the subgraph, is FLOAT16 of
+/// shape `[dims[..-1], last / block_size]`, and the block size divides the last axis.
+fn check_blockwise(
+    subgraph: usize,
+    tensor: usize,
+    name: &str,
+    t: &fb::Tensor<'_>,
+    shape: &[i32],
+    all: &flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<fb::Tensor<'_>>>,
+) -> Result<(), ModelError> {
+    let Some(b) = t
+        .quantization()
+        .and_then(|q| q.details_as_blockwise_quantization())
+    else {
+        return Ok(());
+    };
+    let bad = |what: String| {
+        Err(ModelError::BadQuantization {
+            subgraph,
+            tensor,
+            name: name.to_owned(),
+            what,
+        })
+    };
+    let size = b.block_size();
+    let Some(&last) = shape.last() else {
+        return bad("blockwise quantization of a scalar".into());
+    };
+    if size <= 0 || last % size != 0 {
+        return bad(format!(
+            "block size {size} does not divide the last dimension ({last})"
+        ));
+    }
+    let Some(scales) = usize::try_from(b.scales())
+        .ok()
+        .filter(|&i| i < all.len())
+        .map(|i| all.get(i))
+    else {
+        return bad(format!(
+            "block scale tensor {} is not a tensor of the subgraph",
+            b.scales()
+        ));
+    };
+    if scales.type_() != fb::TensorType::FLOAT16 {
+        return bad(format!(
+            "block scale tensor {} is {}, not FLOAT16",
+            b.scales(),
+            DType(scales.type_().0)
+        ));
+    }
+    let mut want = shape.to_vec();
+    if let Some(l) = want.last_mut() {
+        *l /= size;
+    }
+    let got: Vec<i32> = scales
+        .shape()
+        .map(|v| v.iter().collect())
+        .unwrap_or_default();
+    if got != want {
+        return bad(format!(
+            "block scale tensor {} has shape {got:?}, not {want:?}",
+            b.scales()
+        ));
     }
     Ok(())
 }

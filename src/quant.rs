@@ -661,6 +661,26 @@ impl CodeUse {
         }
     }
 
+    /// [`CodeUse::from_histogram`] for `width`-bit codes (edges at -2^(w-1), or one above
+    /// when symmetric and unused, and 2^(w-1) - 1).
+    pub fn from_histogram_bits(h: &[u64; 256], symmetric: bool, width: u32) -> CodeUse {
+        if width >= 8 {
+            return CodeUse::from_histogram(h, symmetric);
+        }
+        let half = 1usize << (width - 1);
+        let low = 128 - half;
+        let lo = if symmetric && h[low] == 0 {
+            low + 1
+        } else {
+            low
+        };
+        CodeUse {
+            levels: h.iter().filter(|&&n| n > 0).count() as u32,
+            at_edges: h[lo] + h[128 + half - 1],
+            count: h.iter().sum(),
+        }
+    }
+
     /// Share of values at the edges, in [0, 1] (0 for an empty tensor).
     pub fn edge_share(&self) -> f64 {
         if self.count == 0 {

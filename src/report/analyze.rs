@@ -83,7 +83,9 @@ impl<'s> Meter<'s> {
     pub fn new(scheme: &'s Codes, min: f32, max: f32, histograms: bool) -> Meter<'s> {
         let histograms = histograms.then(|| {
             let (c, p) = scheme.widest();
-            let grid = (-128i8..=127)
+            let half = 1i16 << (scheme.bits.width() - 1);
+            let grid = (-half..half)
+                .map(|q| q as i8)
                 .map(|q| quant::dequantize(q, p))
                 .filter(|&v| v >= min && v <= max)
                 .collect();
@@ -138,7 +140,11 @@ impl<'s> Meter<'s> {
     pub fn finish(self) -> Measured {
         Measured {
             stats: self.stats,
-            code_use: CodeUse::from_histogram(&self.codes, self.scheme.symmetric()),
+            code_use: CodeUse::from_histogram_bits(
+                &self.codes,
+                self.scheme.symmetric(),
+                self.scheme.bits.width(),
+            ),
             histograms: self.histograms,
         }
     }

@@ -199,3 +199,73 @@ fn a_packed_tensor_of_the_wrong_size_is_refused() {
         .stderr(predicates::str::contains(&name))
         .stderr(predicates::str::contains(format!("{want}")));
 }
+
+/// A blockwise output of embedding.tflite with its quantization changed by `f`, read back.
+fn mutated_blockwise(
+    f: impl Fn(&mut fb::TensorT, &mut Vec<fb::TensorT>),
+) -> assert_cmd::assert::Assert {
+    let dir = tmp();
+    let out = dir.path().join("o.tflite");
+    quantize(
+        &fixture("embedding.tflite"),
+        &out,
+        &[
+            "--type",
+            "int4",
+            "--mode",
+            "dynamic",
+            "--granularity",
+            "block",
+        ],
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    let mut m = fb::root_as_model(&bytes).unwrap().unpack();
+    let tensors = m.subgraphs.as_mut().unwrap()[0].tensors.as_mut().unwrap();
+    let i = tensors
+        .iter()
+        .position(|t| {
+            t.quantization.as_ref().is_some_and(|q| {
+                matches!(
+                    q.details,
+                    fb::QuantizationDetailsT::BlockwiseQuantization(_)
+                )
+            })
+        })
+        .expect("a blockwise tensor");
+    let mut t = tensors[i].clone();
+    f(&mut t, tensors);
+    tensors[i] = t;
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let root = m.pack(&mut fbb);
+    fb::finish_model_buffer(&mut fbb, root);
+    let bad = dir.path().join("bad.tflite");
+    std::fs::write(&bad, fbb.finished_data()).unwrap();
+    tflq().arg("inspect").arg(&bad).assert()
+}
+
+fn blockwise(t: &mut fb::TensorT) -> &mut fb::BlockwiseQuantizationT {
+    match &mut t.quantization.as_mut().unwrap().details {
+        fb::QuantizationDetailsT::BlockwiseQuantization(b) => b,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn blockwise_parameters_are_checked_on_read() {
+    mutated_blockwise(|_, _| {}).success();
+    mutated_blockwise(|t, _| blockwise(t).block_size = 48)
+        .failure()
+        .stderr(predicates::str::contains("block size 48 does not divide"));
+    mutated_blockwise(|t, _| blockwise(t).scales = 100_000)
+        .failure()
+        .stderr(predicates::str::contains("is not a tensor of the subgraph"));
+    mutated_blockwise(|t, all| {
+        let s = blockwise(t).scales as usize;
+        all[s].type_ = fb::TensorType::BFLOAT16;
+    })
+    .failure()
+    .stderr(predicates::str::contains("not FLOAT16"));
+    mutated_blockwise(|t, _| blockwise(t).block_size = 64)
+        .failure()
+        .stderr(predicates::str::contains("has shape"));
+}

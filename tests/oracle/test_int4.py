@@ -39,7 +39,9 @@ from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 import test_oracle
-from test_oracle import FIXTURES, FLOAT_ENTRIES, TFLQ, Model, run_model, sqnr_db
+from test_oracle import (  # noqa: F401 (quantize is a pytest fixture)
+    FIXTURES, FLOAT_ENTRIES, TFLQ, Model, quantize, run_model, sqnr_db,
+)
 
 T = tfl.TensorType
 OP = tfl.BuiltinOperator
@@ -634,3 +636,54 @@ def test_rule_int8_only_kernels_refuse_or_miscompute_int4(tmp_path, builder, axi
         ref = run(src, feeds, "builtin").astype(np.float64)
         got = run_or_error(bad, feeds, kind)
         assert isinstance(got, Exception) or sqnr_db(ref.ravel(), got.ravel()) < 10, kind
+
+
+# ------------------------------------------------------------------ report --against
+
+REPORT_CASES = [
+    ("mlp.tflite", ("--type", "int4", "--granularity", "per-channel")),
+    ("cnn.tflite", ("--type", "int4")),
+    ("embedding.tflite", ("--type", "int4", "--mode", "dynamic", "--granularity", "block")),
+    ("control_flow.tflite", ("--type", "int4", "--mode", "dynamic", "--granularity", "block")),
+    ("mlp.tflite", ("--type", "int2", "--granularity", "per-channel")),
+]
+
+
+@pytest.mark.parametrize("case", REPORT_CASES, ids=[f"{c[0]}{''.join(c[1])}" for c in REPORT_CASES])
+def test_report_against_int4_equals_numpy(case, quantize):
+    """`report --against` measures INT4/INT2 codes, per-channel and blockwise (float16 scale
+    tensor), with figures equal to numpy's from the file's bytes; the planned report (nothing
+    written) gives the same figures."""
+    name, args = case
+    f, q = FIXTURES / name, quantize(name, *args)
+    proc = subprocess.run([str(TFLQ), "report", str(f), "--against", str(q), "--format", "json"],
+                          check=True, capture_output=True, text=True, timeout=600)
+    rep = json.loads(proc.stdout)
+    assert not rep["unmatched"], rep["unmatched"]
+    fm, qm = Model(f), Model(q)
+    blockwise = 0
+    for r in rep["tensors"]:
+        ft = fm.m.subgraphs[r["subgraph"]].tensors[r["tensor"]]
+        qs = qm.m.subgraphs[r["quantized"]["subgraph"]]
+        qt = qs.tensors[r["quantized"]["tensor"]]
+        x = np.frombuffer(fm.data(ft), np.float32).astype(np.float64).reshape(list(ft.shape))
+        y = dequantized(qm, qs, qt)
+        blockwise += qt.quantization.detailsType == tfl.QuantizationDetails.BlockwiseQuantization
+        e = x - y
+        sq = 10 * math.log10(float((x ** 2).sum()) / float((e ** 2).sum()))
+        assert r["sqnr_db"] == pytest.approx(sq, rel=1e-6), r["name"]
+        assert r["max_abs_error"] == pytest.approx(float(np.abs(e).max()), rel=1e-5)
+        assert r["rmse"] == pytest.approx(float(np.sqrt((e ** 2).mean())), rel=1e-6)
+        assert r["bytes_after"] == len(qm.data(qt))
+        bits = 4 if qt.type == T.INT4 else 2
+        codes = unpack(qm.data(qt), x.size, bits)
+        assert r["levels_used"] == len(np.unique(codes))
+    if "block" in args:
+        assert blockwise > 0
+    planned = subprocess.run([str(TFLQ), "report", str(f), *args, "--format", "json"],
+                             check=True, capture_output=True, text=True, timeout=600)
+    plan = {(r["subgraph"], r["tensor"]): r for r in json.loads(planned.stdout)["tensors"]}
+    for r in rep["tensors"]:
+        p = plan[(r["subgraph"], r["tensor"])]
+        assert p["sqnr_db"] == pytest.approx(r["sqnr_db"], rel=1e-9)
+        assert p["levels_used"] == r["levels_used"] and p["bytes_after"] >= r["bytes_after"]
