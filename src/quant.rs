@@ -544,6 +544,18 @@ pub(crate) fn quantize_measured(values: &[f32], p: QuantParams, out: &mut [i8]) 
     total
 }
 
+/// Quantizes `values` into `out` and writes the reconstructions into `recon` (all of one
+/// length), for callers that measure many short runs at once with [`sums`].
+#[inline]
+pub(crate) fn quantize_recon(values: &[f32], p: QuantParams, out: &mut [i8], recon: &mut [f32]) {
+    let step = Stepper::new(p);
+    for ((o, y), &x) in out.iter_mut().zip(recon.iter_mut()).zip(values) {
+        let k = step.step(x);
+        *o = (k + p.zero_point) as i8;
+        *y = p.scale * k as f32;
+    }
+}
+
 /// Quantizes `values` into `out` over all cores and returns the error statistics.
 pub fn quantize_par(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStats {
     use rayon::prelude::*;

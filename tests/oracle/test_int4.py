@@ -685,5 +685,7 @@ def test_report_against_int4_equals_numpy(case, quantize):
     plan = {(r["subgraph"], r["tensor"]): r for r in json.loads(planned.stdout)["tensors"]}
     for r in rep["tensors"]:
         p = plan[(r["subgraph"], r["tensor"])]
-        assert p["sqnr_db"] == pytest.approx(r["sqnr_db"], rel=1e-9)
+        # The planned figures are the encoder's own sums (f32 lanes per 1024 values), the
+        # measured ones sum per group: the same numbers up to float rounding.
+        assert p["sqnr_db"] == pytest.approx(r["sqnr_db"], rel=1e-6)
         assert p["levels_used"] == r["levels_used"] and p["bytes_after"] >= r["bytes_after"]
