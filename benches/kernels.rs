@@ -67,6 +67,39 @@ fn kernels(c: &mut Criterion) {
     g.bench_function("encode_par_float16", |b| {
         b.iter(|| tflq::encoding::Encoding::Float16.encode_par(black_box(&values), 0, &mut halves))
     });
+    // int8 and int4 through the same encoder the rewriter calls (`--type int8|int4`, per
+    // tensor, all threads): int4 packs two codes per byte and should run at int8's speed.
+    use tflq::encoding::{Bits, Encoding, Geometry};
+    let int8 = Encoding::int(Bits::Eight, Geometry::Tensor, vec![p]);
+    let mut out8 = vec![0u8; N];
+    g.bench_function("encode_par_int8", |b| {
+        b.iter(|| int8.encode_par(black_box(&values), 0, &mut out8))
+    });
+    let int4 = Encoding::int(
+        Bits::Four,
+        Geometry::Tensor,
+        vec![quant::asymmetric_params_bits(range.min, range.max, 4)],
+    );
+    let mut out4 = vec![0u8; N / 2];
+    g.bench_function("encode_par_int4", |b| {
+        b.iter(|| int4.encode_par(black_box(&values), 0, &mut out4))
+    });
+    // Blockwise int4 (blocks of 32, float16-exact scales), as dynamic FULLY_CONNECTED gets.
+    let blocks = Geometry::blocks(&[N / 4096, 4096], 32).unwrap();
+    let params = blocks
+        .ranges(&values)
+        .iter()
+        .map(|r| quant::QuantParams {
+            scale: quant::block_scale(r.min.abs().max(r.max.abs()), 4).unwrap(),
+            zero_point: 0,
+            qmin: -7,
+            qmax: 7,
+        })
+        .collect();
+    let block4 = Encoding::int(Bits::Four, blocks, params);
+    g.bench_function("encode_par_int4_blockwise", |b| {
+        b.iter(|| block4.encode_par(black_box(&values), 0, &mut out4))
+    });
     // `report`'s pass over the codes (throughput in bytes of codes).
     g.throughput(Throughput::Bytes(N as u64));
     g.bench_function("code_histogram", |b| {

@@ -25,6 +25,15 @@ pub enum Geometry {
         /// Product of the dimensions after `axis`: elements in one run of a channel.
         inner: usize,
     },
+    /// Blocks of `size` consecutive elements along the last axis (which `size` divides):
+    /// element `i` is in block `i / size`, and the blocks of a `[N, K]` tensor are
+    /// `[N, K / size]` row-major.
+    Blocks {
+        /// Elements per block.
+        size: usize,
+        /// Number of blocks.
+        count: usize,
+    },
 }
 
 impl Geometry {
@@ -37,11 +46,22 @@ impl Geometry {
         }
     }
 
+    /// Blocks of `size` along the last axis of a tensor with dimensions `dims`, or `None`
+    /// when `size` does not divide that axis.
+    pub fn blocks(dims: &[usize], size: usize) -> Option<Geometry> {
+        let last = *dims.last()?;
+        (size > 0 && last % size == 0).then(|| Geometry::Blocks {
+            size,
+            count: dims.iter().product::<usize>() / size,
+        })
+    }
+
     /// Number of parameter sets.
     pub fn groups(&self) -> usize {
         match *self {
             Geometry::Tensor => 1,
             Geometry::Channels { channels, .. } => channels,
+            Geometry::Blocks { count, .. } => count,
         }
     }
 
@@ -53,6 +73,7 @@ impl Geometry {
             Geometry::Channels {
                 channels, inner, ..
             } => (index / inner.max(1)) % channels.max(1),
+            Geometry::Blocks { size, .. } => index / size.max(1),
         }
     }
 
@@ -67,6 +88,7 @@ impl Geometry {
                 return;
             }
             Geometry::Channels { inner, .. } => inner.max(1),
+            Geometry::Blocks { size, .. } => size.max(1),
         };
         let mut i = 0;
         while i < len {
@@ -84,6 +106,10 @@ impl Geometry {
             Geometry::Channels {
                 channels, inner, ..
             } => channel_ranges(values, channels, inner),
+            Geometry::Blocks { size, .. } => values
+                .par_chunks(size.max(1))
+                .map(quant::scan_range)
+                .collect(),
         }
     }
 }
@@ -139,6 +165,10 @@ fn channel_ranges(values: &[f32], channels: usize, inner: usize) -> Vec<Range> {
 pub enum Bits {
     /// One signed byte per element.
     Eight,
+    /// Two signed nibbles per byte, element 0 in the low nibble (TensorType INT4).
+    Four,
+    /// Four signed 2-bit codes per byte, element 0 in the low bits (TensorType INT2).
+    Two,
 }
 
 impl Bits {
@@ -146,8 +176,93 @@ impl Bits {
     pub fn dtype(self) -> DType {
         match self {
             Bits::Eight => DType::INT8,
+            Bits::Four => DType::INT4,
+            Bits::Two => DType::INT2,
         }
     }
+
+    /// Bits per code.
+    pub fn width(self) -> u32 {
+        match self {
+            Bits::Eight => 8,
+            Bits::Four => 4,
+            Bits::Two => 2,
+        }
+    }
+
+    /// Codes per byte.
+    pub fn per_byte(self) -> usize {
+        8 / self.width() as usize
+    }
+
+    /// Bytes that `n` packed codes take: `ceil(n * bits / 8)`.
+    pub fn bytes_for(self, n: u64) -> u64 {
+        n.div_ceil(self.per_byte() as u64)
+    }
+
+    /// Lower-case name: `int8`, `int4`, `int2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bits::Eight => "int8",
+            Bits::Four => "int4",
+            Bits::Two => "int2",
+        }
+    }
+
+    /// The code of element `index` of packed `bytes`, sign-extended.
+    #[inline]
+    pub fn code(self, bytes: &[u8], index: usize) -> i8 {
+        match self {
+            Bits::Eight => bytes[index] as i8,
+            _ => {
+                let w = self.width();
+                let per = self.per_byte();
+                let shift = (index % per) as u32 * w;
+                // Move the code to the top bits, then shift back arithmetically.
+                ((bytes[index / per] >> shift) << (8 - w)) as i8 >> (8 - w)
+            }
+        }
+    }
+}
+
+/// Packs signed `codes` (each in range for `bits`) into `out`, low bits first; a last byte
+/// that is not full has zero high bits.
+pub fn pack(bits: Bits, codes: &[i8], out: &mut [u8]) {
+    match bits {
+        Bits::Eight => out.copy_from_slice(bytemuck::cast_slice(codes)),
+        // Whole bytes in a loop the compiler vectorises, then the last, partial byte.
+        Bits::Four => {
+            let pairs = codes.chunks_exact(2);
+            let rest = pairs.remainder();
+            for (o, pair) in out.iter_mut().zip(pairs) {
+                *o = (pair[0] as u8 & 0x0F) | ((pair[1] as u8) << 4);
+            }
+            if let (Some(o), [last]) = (out.get_mut(codes.len() / 2), rest) {
+                *o = *last as u8 & 0x0F;
+            }
+        }
+        Bits::Two => {
+            let quads = codes.chunks_exact(4);
+            let rest = quads.remainder();
+            for (o, q) in out.iter_mut().zip(quads) {
+                *o = (q[0] as u8 & 3)
+                    | ((q[1] as u8 & 3) << 2)
+                    | ((q[2] as u8 & 3) << 4)
+                    | ((q[3] as u8) << 6);
+            }
+            if let Some(o) = out.get_mut(codes.len() / 4).filter(|_| !rest.is_empty()) {
+                *o = rest
+                    .iter()
+                    .enumerate()
+                    .fold(0u8, |b, (k, &c)| b | ((c as u8 & 3) << (2 * k)));
+            }
+        }
+    }
+}
+
+/// Unpacks `n` codes of `bytes`.
+pub fn unpack(bits: Bits, bytes: &[u8], n: usize) -> Vec<i8> {
+    (0..n).map(|i| bits.code(bytes, i)).collect()
 }
 
 /// Integer codes with their parameters.
@@ -173,12 +288,26 @@ pub enum Encoding {
 /// The quantization parameters to write into a tensor, in our own terms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantSpec {
-    /// One scale per group.
+    /// One scale per group (empty when blockwise: the scales are a tensor of their own).
     pub scales: Vec<f32>,
-    /// One zero point per group.
+    /// One zero point per group (empty when blockwise).
     pub zero_points: Vec<i64>,
-    /// The quantized dimension (0 when per-tensor).
+    /// The quantized dimension (0 when per-tensor or blockwise).
     pub axis: usize,
+    /// Blockwise parameters, which need a second tensor.
+    pub blocks: Option<BlockScales>,
+}
+
+/// The scales of a blockwise tensor: a FLOAT16 tensor of shape `shape` (`[N, K / size]`
+/// for a `[N, K]` weight) with no zero points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockScales {
+    /// Elements per block.
+    pub size: usize,
+    /// Shape of the scale tensor.
+    pub shape: Vec<usize>,
+    /// The scales, row-major, as float16 bytes (little-endian).
+    pub bytes: Vec<u8>,
 }
 
 /// Largest finite float16 value.
@@ -211,13 +340,39 @@ impl Encoding {
         }
     }
 
+    /// Integer codes of `bits` with one set of parameters per group of `geometry`.
+    pub fn int(bits: Bits, geometry: Geometry, params: Vec<QuantParams>) -> Encoding {
+        Encoding::Int(Codes {
+            bits,
+            geometry,
+            params,
+        })
+    }
+
     /// Bytes that `n` encoded elements take.
     pub fn bytes_for(&self, n: u64) -> u64 {
         match self {
-            Encoding::Int(c) => match c.bits {
-                Bits::Eight => n,
-            },
+            Encoding::Int(c) => c.bits.bytes_for(n),
             Encoding::Float16 => 2 * n,
+        }
+    }
+
+    /// Elements per byte boundary: a run encoded on its own must start at a multiple of it.
+    pub fn alignment(&self) -> usize {
+        match self {
+            Encoding::Int(c) => c.bits.per_byte(),
+            Encoding::Float16 => 1,
+        }
+    }
+
+    /// The block size of a blockwise encoding.
+    pub fn block_size(&self) -> Option<usize> {
+        match self {
+            Encoding::Int(Codes {
+                geometry: Geometry::Blocks { size, .. },
+                ..
+            }) => Some(*size),
+            _ => None,
         }
     }
 
@@ -248,13 +403,21 @@ impl Encoding {
         }
     }
 
-    /// Stable name used in summaries: `int8`, `int8_per_channel` or `float16`.
+    /// Stable name used in summaries: `int8`, `int8_per_channel`, `int4_blockwise`, ...,
+    /// or `float16`.
     pub fn name(&self) -> &'static str {
         match self {
             Encoding::Float16 => "float16",
             Encoding::Int(c) => match (c.bits, c.geometry) {
                 (Bits::Eight, Geometry::Tensor) => "int8",
                 (Bits::Eight, Geometry::Channels { .. }) => "int8_per_channel",
+                (Bits::Eight, Geometry::Blocks { .. }) => "int8_blockwise",
+                (Bits::Four, Geometry::Tensor) => "int4",
+                (Bits::Four, Geometry::Channels { .. }) => "int4_per_channel",
+                (Bits::Four, Geometry::Blocks { .. }) => "int4_blockwise",
+                (Bits::Two, Geometry::Tensor) => "int2",
+                (Bits::Two, Geometry::Channels { .. }) => "int2_per_channel",
+                (Bits::Two, Geometry::Blocks { .. }) => "int2_blockwise",
             },
         }
     }
@@ -263,18 +426,19 @@ impl Encoding {
     pub fn suffix(&self) -> &'static str {
         match self {
             Encoding::Float16 => "fp16",
-            Encoding::Int(_) => "int8",
+            Encoding::Int(c) => c.bits.name(),
         }
     }
 
-    /// The DEQUANTIZE version the converter writes for this input: 2 for int8, 3 for
-    /// float16, 5 for per-channel int8.
+    /// The DEQUANTIZE version the converter writes for this input (its op-version rules):
+    /// 2 for int8, 3 for float16, 5 for per-channel int8, 6 for int4 and int2.
     pub fn dequantize_version(&self) -> i32 {
         match self {
             Encoding::Float16 => 3,
-            Encoding::Int(c) => match c.geometry {
-                Geometry::Tensor => 2,
-                Geometry::Channels { .. } => 5,
+            Encoding::Int(c) => match (c.bits, c.geometry) {
+                (Bits::Four | Bits::Two, _) => 6,
+                (Bits::Eight, Geometry::Tensor) => 2,
+                (Bits::Eight, _) => 5,
             },
         }
     }
@@ -282,21 +446,55 @@ impl Encoding {
     /// The quantization parameters to write (none for float16).
     pub fn quant_spec(&self) -> Option<QuantSpec> {
         let c = self.codes()?;
+        if let Geometry::Blocks { size, count } = c.geometry {
+            let mut bytes = Vec::with_capacity(2 * count);
+            for p in &c.params {
+                bytes.extend_from_slice(&half::f16::from_f32(p.scale).to_le_bytes());
+            }
+            return Some(QuantSpec {
+                scales: Vec::new(),
+                zero_points: Vec::new(),
+                axis: 0,
+                blocks: Some(BlockScales {
+                    size,
+                    shape: Vec::new(),
+                    bytes,
+                }),
+            });
+        }
         Some(QuantSpec {
             scales: c.params.iter().map(|p| p.scale).collect(),
             zero_points: c.params.iter().map(|p| i64::from(p.zero_point)).collect(),
             axis: match c.geometry {
-                Geometry::Tensor => 0,
                 Geometry::Channels { axis, .. } => axis,
+                _ => 0,
             },
+            blocks: None,
         })
+    }
+
+    /// [`Encoding::quant_spec`] for a tensor of dimensions `dims`: a blockwise scale tensor
+    /// gets the shape `[dims[..-1], last / size]`.
+    pub fn quant_spec_for(&self, dims: &[usize]) -> Option<QuantSpec> {
+        let mut spec = self.quant_spec()?;
+        if let Some(b) = spec.blocks.as_mut() {
+            let mut shape = dims.to_vec();
+            if let Some(last) = shape.last_mut() {
+                *last /= b.size.max(1);
+            }
+            b.shape = shape;
+        }
+        Some(spec)
     }
 
     /// Encodes `values`, elements `first..first + values.len()` of the tensor, into `out`
     /// (`bytes_for(values.len())` bytes) and measures the error.
+    ///
+    /// For sub-byte codes `first` must be a multiple of [`Encoding::alignment`], so that
+    /// the run starts on a byte.
     pub fn encode(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
         match self {
-            Encoding::Int(c) => {
+            Encoding::Int(c) if c.bits == Bits::Eight => {
                 let codes: &mut [i8] = bytemuck::cast_slice_mut(out);
                 let mut stats = ErrorStats::default();
                 c.geometry.runs(first, values.len(), |g, r| {
@@ -304,6 +502,35 @@ impl Encoding {
                         quant::quantize_measured(&values[r.clone()], c.params[g], &mut codes[r]);
                     stats = stats.merge(s);
                 });
+                stats
+            }
+            Encoding::Int(c) => {
+                debug_assert_eq!(first % c.bits.per_byte(), 0);
+                // Quantize a run into bytes on the stack, then pack it; runs are a whole
+                // number of bytes (RUN is a multiple of 4).
+                // The error sums run once per piece, not per group: blocks are short.
+                let mut codes = [0i8; quant::RUN];
+                let mut recon = [0f32; quant::RUN];
+                let mut stats = ErrorStats::default();
+                let per = c.bits.per_byte();
+                for (k, (xs, os)) in values
+                    .chunks(quant::RUN)
+                    .zip(out.chunks_mut(quant::RUN / per))
+                    .enumerate()
+                {
+                    let qs = &mut codes[..xs.len()];
+                    let ys = &mut recon[..xs.len()];
+                    c.geometry.runs(first + k * quant::RUN, xs.len(), |g, r| {
+                        quant::quantize_recon(
+                            &xs[r.clone()],
+                            c.params[g],
+                            &mut qs[r.clone()],
+                            &mut ys[r],
+                        );
+                    });
+                    stats = stats.merge(quant::sums(xs, ys));
+                    pack(c.bits, qs, os);
+                }
                 stats
             }
             Encoding::Float16 => encode_f16(values, out),
@@ -324,9 +551,10 @@ impl Encoding {
     /// The value the encoded element `index` of `bytes` stands for.
     pub fn decode(&self, bytes: &[u8], index: usize) -> f32 {
         match self {
-            Encoding::Int(c) => {
-                quant::dequantize(bytes[index] as i8, c.params[c.geometry.group_of(index)])
-            }
+            Encoding::Int(c) => quant::dequantize(
+                c.bits.code(bytes, index),
+                c.params[c.geometry.group_of(index)],
+            ),
             Encoding::Float16 => {
                 half::f16::from_le_bytes([bytes[2 * index], bytes[2 * index + 1]]).to_f32()
             }
@@ -513,7 +741,8 @@ mod tests {
             Some(QuantSpec {
                 scales: vec![0.5],
                 zero_points: vec![0],
-                axis: 0
+                axis: 0,
+                blocks: None,
             })
         );
         let c = Encoding::int8_channels(Geometry::channels(&[4, 2], 1), vec![p(1.0), p(2.0)]);
@@ -524,6 +753,195 @@ mod tests {
         assert_eq!(c.quant_spec().unwrap().axis, 1);
         assert_eq!(Encoding::Float16.bytes_for(3), 6);
         assert_eq!(Encoding::Float16.quant_spec(), None);
+    }
+
+    #[test]
+    fn int4_packs_low_nibble_first_and_sign_extends() {
+        let codes = [1i8, -2, 7, -8, 3];
+        let mut out = [0u8; 3];
+        pack(Bits::Four, &codes, &mut out);
+        // 1 | (-2 & 15) << 4 = 0xE1; 7 | 8 << 4 = 0x87; 3 then a zero high nibble.
+        assert_eq!(out, [0xE1, 0x87, 0x03]);
+        assert_eq!(unpack(Bits::Four, &out, 5), codes);
+        let two = [1i8, -1, -2, 0, 1];
+        let mut out = [0u8; 2];
+        pack(Bits::Two, &two, &mut out);
+        // 01 | 11 << 2 | 10 << 4 | 00 << 6 = 0b0010_1101; then 01.
+        assert_eq!(out, [0b0010_1101, 0b01]);
+        assert_eq!(unpack(Bits::Two, &out, 5), two);
+        assert_eq!((Bits::Four.bytes_for(5), Bits::Two.bytes_for(5)), (3, 2));
+    }
+
+    #[test]
+    fn sub_byte_sizes_names_and_parameters() {
+        let q = QuantParams {
+            scale: 0.5,
+            zero_point: 0,
+            qmin: -7,
+            qmax: 7,
+        };
+        let e = Encoding::int(Bits::Four, Geometry::Tensor, vec![q]);
+        assert_eq!(
+            (e.bytes_for(7), e.dtype(), e.name(), e.suffix()),
+            (4, DType::INT4, "int4", "int4")
+        );
+        assert_eq!(e.dequantize_version(), 6);
+        let g = Geometry::blocks(&[2, 64], 32).unwrap();
+        assert_eq!(g, Geometry::Blocks { size: 32, count: 4 });
+        assert_eq!(Geometry::blocks(&[2, 48], 32), None);
+        let params: Vec<_> = [0.5f32, 0.25, 1.0, 2.0]
+            .iter()
+            .map(|&scale| QuantParams { scale, ..q })
+            .collect();
+        let b = Encoding::int(Bits::Four, g, params);
+        assert_eq!((b.name(), b.block_size()), ("int4_blockwise", Some(32)));
+        let spec = b.quant_spec_for(&[2, 64]).unwrap();
+        assert!(spec.scales.is_empty() && spec.zero_points.is_empty());
+        let blocks = spec.blocks.unwrap();
+        assert_eq!((blocks.size, blocks.shape.clone()), (32, vec![2, 2]));
+        // float16 0.5, 0.25, 1.0, 2.0: 0x3800, 0x3400, 0x3C00, 0x4000, little-endian.
+        assert_eq!(blocks.bytes, [0, 0x38, 0, 0x34, 0, 0x3C, 0, 0x40]);
+        // Element 33 is in block 1 (row 0, second block); element 64 in block 2.
+        assert_eq!((g.group_of(33), g.group_of(64)), (1, 2));
+    }
+
+    /// The parallel encoder (chunks of 65536 elements) and a split at a streaming-block
+    /// boundary give the bytes of one serial pass, for odd lengths too.
+    #[test]
+    fn int4_parallel_and_split_encodings_agree() {
+        let n = 3 * quant::CHUNK + 12_345;
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 1001) as f32 - 500.0) / 50.0)
+            .collect();
+        let geometry = Geometry::blocks(&[n / 3, 3], 3).unwrap();
+        let params: Vec<_> = geometry
+            .ranges(&values)
+            .iter()
+            .map(|r| quant::asymmetric_params_bits(r.min, r.max, 4))
+            .collect();
+        for e in [
+            Encoding::int(Bits::Four, geometry, params),
+            Encoding::int(
+                Bits::Four,
+                Geometry::Tensor,
+                vec![quant::asymmetric_params_bits(-10.0, 10.0, 4)],
+            ),
+        ] {
+            let size = e.bytes_for(n as u64) as usize;
+            let (mut serial, mut par, mut split) =
+                (vec![0u8; size], vec![0u8; size], vec![0u8; size]);
+            let a = e.encode(&values, 0, &mut serial);
+            let b = e.encode_par(&values, 0, &mut par);
+            let cut = 2 * quant::CHUNK;
+            e.encode_par(&values[..cut], 0, &mut split[..cut / 2]);
+            e.encode_par(&values[cut..], cut, &mut split[cut / 2..]);
+            assert_eq!(serial, par);
+            assert_eq!(serial, split);
+            assert_eq!(a.count, b.count);
+            assert!((a.noise - b.noise).abs() <= 1e-9 * a.noise);
+        }
+    }
+
+    proptest! {
+        /// Packing round-trips any codes in range, for any count (odd ones included), and
+        /// element i sits in byte i / per_byte at bit (i % per_byte) * width.
+        #[test]
+        fn packing_round_trips(
+            raw in prop::collection::vec(any::<i8>(), 0..300),
+            four in any::<bool>(),
+        ) {
+            let bits = if four { Bits::Four } else { Bits::Two };
+            let w = bits.width();
+            let lo = -(1i8 << (w - 1));
+            let codes: Vec<i8> = raw
+                .iter()
+                .map(|&c| (c.rem_euclid(1 << w)) + lo)
+                .collect();
+            let mut out = vec![0u8; bits.bytes_for(codes.len() as u64) as usize];
+            pack(bits, &codes, &mut out);
+            prop_assert_eq!(unpack(bits, &out, codes.len()), codes.clone());
+            let per = bits.per_byte();
+            for (i, &c) in codes.iter().enumerate() {
+                let field = (out[i / per] >> ((i % per) as u32 * w)) & ((1u8 << w) - 1);
+                prop_assert_eq!(field, (c as u8) & ((1u8 << w) - 1));
+            }
+        }
+
+        /// Sub-byte encoding, whole or in byte-aligned pieces, per tensor, per channel or
+        /// per block: every value comes back within half a step of its group (no clipping
+        /// with min-max parameters), and the pieces give the same bytes as the whole.
+        #[test]
+        fn every_sub_byte_value_within_half_a_step(
+            values in prop::collection::vec(-100f32..100.0, 1..400),
+            four in any::<bool>(),
+            kind in 0usize..3,
+            cut in 0usize..200,
+        ) {
+            let bits = if four { Bits::Four } else { Bits::Two };
+            let w = bits.width();
+            let n = values.len() / 32 * 32;
+            let (values, geometry) = match kind {
+                0 => (&values[..], Geometry::Tensor),
+                1 => (&values[..], Geometry::channels(&[1, values.len()], 0)),
+                _ if n > 0 => (&values[..n], Geometry::blocks(&[n / 32, 32], 32).unwrap()),
+                _ => (&values[..], Geometry::Tensor),
+            };
+            let params: Vec<QuantParams> = match geometry {
+                Geometry::Blocks { .. } => geometry
+                    .ranges(values)
+                    .iter()
+                    .map(|r| {
+                        let s = quant::block_scale(r.min.abs().max(r.max.abs()), w).unwrap();
+                        let qmax = (1 << (w - 1)) - 1;
+                        QuantParams { scale: s, zero_point: 0, qmin: -qmax, qmax }
+                    })
+                    .collect(),
+                _ => geometry
+                    .ranges(values)
+                    .iter()
+                    .map(|r| quant::asymmetric_params_bits(r.min, r.max, w))
+                    .collect(),
+            };
+            let e = Encoding::int(bits, geometry, params.clone());
+            let size = e.bytes_for(values.len() as u64) as usize;
+            let mut whole = vec![0u8; size];
+            let stats = e.encode(values, 0, &mut whole);
+            let per = bits.per_byte();
+            let cut = (cut.min(values.len()) / per) * per;
+            let mut pieces = vec![0u8; size];
+            e.encode(&values[..cut], 0, &mut pieces[..cut / per]);
+            e.encode(&values[cut..], cut, &mut pieces[cut / per..]);
+            prop_assert_eq!(&whole, &pieces);
+            let mut noise = 0f64;
+            for (i, &x) in values.iter().enumerate() {
+                let p = params[geometry.group_of(i)];
+                let y = e.decode(&whole, i);
+                prop_assert!((y - x).abs() <= p.scale * 0.5 * 1.0001 + 1e-6,
+                    "x {} y {} scale {}", x, y, p.scale);
+                let q = i32::from(bits.code(&whole, i));
+                prop_assert!(q >= p.qmin && q <= p.qmax);
+                noise += (f64::from(x) - f64::from(y)).powi(2);
+            }
+            prop_assert_eq!(stats.count, values.len() as u64);
+            prop_assert!((stats.noise - noise).abs() <= 1e-3 * noise + 1e-6);
+        }
+
+        /// Block scales: positive, normal in float16, exact in bfloat16 and float16, and
+        /// never so small that the block's largest value needs a code beyond qmax.
+        #[test]
+        fn block_scales_are_safe_for_both_kernels(amax in prop_oneof![
+            0f32..1e-6, 1e-6f32..1.0, 1.0f32..1000.0, Just(0.0), Just(65504.0 * 7.0 * 1.5)
+        ]) {
+            match quant::block_scale(amax, 4) {
+                None => prop_assert!(amax / 7.0 > 65000.0),
+                Some(s) => {
+                    prop_assert!(s >= 6.103_515_6e-5, "{} below the smallest normal float16", s);
+                    prop_assert_eq!(s.to_bits() & 0xFFFF, 0);
+                    prop_assert_eq!(half::f16::from_f32(s).to_f32(), s);
+                    prop_assert!(amax / s <= 7.0 + 1e-6, "{} / {}", amax, s);
+                }
+            }
+        }
     }
 
     proptest! {

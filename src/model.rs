@@ -27,6 +27,10 @@ impl DType {
     pub const FLOAT16: DType = DType(1);
     /// 8-bit signed integer.
     pub const INT8: DType = DType(9);
+    /// 4-bit signed integer, two per byte.
+    pub const INT4: DType = DType(17);
+    /// 2-bit signed integer, four per byte.
+    pub const INT2: DType = DType(19);
 
     /// The schema's name for the type, e.g. `FLOAT32`.
     pub fn name(self) -> String {
@@ -49,6 +53,27 @@ impl DType {
             fb::TensorType::COMPLEX128 => 16,
             _ => return None,
         })
+    }
+}
+
+impl DType {
+    /// Bits per element of the packed sub-byte types (INT4, UINT4, INT2).
+    pub fn packed_bits(self) -> Option<u64> {
+        match fb::TensorType(self.0) {
+            fb::TensorType::INT4 | fb::TensorType::UINT4 => Some(4),
+            fb::TensorType::INT2 => Some(2),
+            _ => None,
+        }
+    }
+
+    /// Bytes that `n` elements take: `n * size`, or `ceil(n * bits / 8)` for packed types;
+    /// `None` for types without a fixed size, or on overflow.
+    pub fn bytes_for(self, n: u64) -> Option<u64> {
+        match (self.size(), self.packed_bits()) {
+            (Some(size), _) => n.checked_mul(size),
+            (None, Some(bits)) => Some(n.checked_mul(bits)?.div_ceil(8)),
+            (None, None) => None,
+        }
     }
 }
 
@@ -103,6 +128,8 @@ pub struct OpInfo {
     pub inputs: Vec<i32>,
     /// Output tensor indices.
     pub outputs: Vec<i32>,
+    /// A FULLY_CONNECTED or convolution whose options fuse an activation (RELU, ...).
+    pub fused_activation: bool,
 }
 
 impl OpInfo {
@@ -497,7 +524,13 @@ fn read_subgraph(
         let bytes = shape
             .iter()
             .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
-            .and_then(|n| Some((n, n.checked_mul(dtype.size().unwrap_or(1))?)));
+            .and_then(|n| {
+                let size = match dtype.bytes_for(0) {
+                    Some(_) => dtype.bytes_for(n)?,
+                    None => n,
+                };
+                Some((n, size))
+            });
         let Some((elements, size_in_bytes)) = bytes else {
             return Err(ModelError::ShapeOverflow {
                 subgraph: si,
@@ -515,12 +548,14 @@ fn read_subgraph(
             });
         }
         check_quantization(si, ti, &name, &t, &shape)?;
+        check_blockwise(si, ti, &name, &t, &shape, &fb_tensors)?;
         check_tensor_unions(si, ti, &t)?;
         let sparse = t.sparsity().is_some();
         // Strings and other types without a fixed element size are not checked; sparse data
         // is smaller than its dense shape.
         let got = binfo.data.len() as u64;
-        if has_data && !sparse && dtype.size().is_some() && size_in_bytes != got {
+        let sized = dtype.bytes_for(0).is_some();
+        if has_data && !sparse && sized && size_in_bytes != got {
             return Err(ModelError::BufferSize {
                 subgraph: si,
                 tensor: ti,
@@ -613,12 +648,26 @@ fn read_subgraph(
             ));
         }
         let custom = model.custom_codes.get(idx as usize).cloned().flatten();
+        let none = fb::ActivationFunctionType::NONE;
+        let fused_activation = o
+            .builtin_options_as_fully_connected_options()
+            .map(|x| x.fused_activation_function())
+            .or_else(|| {
+                o.builtin_options_as_conv_2_doptions()
+                    .map(|x| x.fused_activation_function())
+            })
+            .or_else(|| {
+                o.builtin_options_as_depthwise_conv_2_doptions()
+                    .map(|x| x.fused_activation_function())
+            })
+            .is_some_and(|a| a != none);
         ops.push(OpInfo {
             opcode: idx,
             op,
             custom,
             inputs,
             outputs,
+            fused_activation,
         });
     }
     let inputs: Vec<i32> = sg.inputs().map(|v| v.iter().collect()).unwrap_or_default();
@@ -693,6 +742,73 @@ fn check_quantization(
                 "{scales} scales: neither one (per tensor) nor {size} (per slice of dimension {dim})"
             ));
         }
+    }
+    Ok(())
+}
+
+/// Blockwise quantization parameters: the scale tensor exists in the subgraph, is FLOAT16 of
+/// shape `[dims[..-1], last / block_size]`, and the block size divides the last axis.
+fn check_blockwise(
+    subgraph: usize,
+    tensor: usize,
+    name: &str,
+    t: &fb::Tensor<'_>,
+    shape: &[i32],
+    all: &flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<fb::Tensor<'_>>>,
+) -> Result<(), ModelError> {
+    let Some(b) = t
+        .quantization()
+        .and_then(|q| q.details_as_blockwise_quantization())
+    else {
+        return Ok(());
+    };
+    let bad = |what: String| {
+        Err(ModelError::BadQuantization {
+            subgraph,
+            tensor,
+            name: name.to_owned(),
+            what,
+        })
+    };
+    let size = b.block_size();
+    let Some(&last) = shape.last() else {
+        return bad("blockwise quantization of a scalar".into());
+    };
+    if size <= 0 || last % size != 0 {
+        return bad(format!(
+            "block size {size} does not divide the last dimension ({last})"
+        ));
+    }
+    let Some(scales) = usize::try_from(b.scales())
+        .ok()
+        .filter(|&i| i < all.len())
+        .map(|i| all.get(i))
+    else {
+        return bad(format!(
+            "block scale tensor {} is not a tensor of the subgraph",
+            b.scales()
+        ));
+    };
+    if scales.type_() != fb::TensorType::FLOAT16 {
+        return bad(format!(
+            "block scale tensor {} is {}, not FLOAT16",
+            b.scales(),
+            DType(scales.type_().0)
+        ));
+    }
+    let mut want = shape.to_vec();
+    if let Some(l) = want.last_mut() {
+        *l /= size;
+    }
+    let got: Vec<i32> = scales
+        .shape()
+        .map(|v| v.iter().collect())
+        .unwrap_or_default();
+    if got != want {
+        return bad(format!(
+            "block scale tensor {} has shape {got:?}, not {want:?}",
+            b.scales()
+        ));
     }
     Ok(())
 }

@@ -294,6 +294,53 @@ pub fn hybrid(op: Op) -> Option<Hybrid> {
     })
 }
 
+/// What a hybrid kernel accepts for sub-byte (int4, int2) weights, as measured on LiteRT
+/// 2.3.0 with XNNPACK on and off (`tests/oracle/test_int4.py`). Always symmetric (zero
+/// point 0): the kernels ignore or refuse a zero point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubByte {
+    /// One scale per tensor.
+    pub per_tensor: bool,
+    /// One scale per channel on [`channel_axis`].
+    pub per_channel: bool,
+    /// Blockwise along the last axis, with float16 scales, under [`BlockRule`].
+    pub blockwise: Option<BlockRule>,
+}
+
+/// The conditions under which a kernel reads blockwise weights right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockRule {
+    /// FULLY_CONNECTED's optimized 4-bit path: a `[N, K]` filter with K even, N >= 4 and
+    /// K >= 32, and no fused activation; otherwise the builtin kernel ignores the block
+    /// scales, or the activation (silently wrong).
+    FullyConnected4Bit,
+    /// EMBEDDING_LOOKUP: any table whose last axis the block size divides.
+    Rows,
+}
+
+/// How the hybrid kernel of `op` takes `bits`-bit weights, or `None` when it takes int8 only
+/// (then the weight keeps int8).
+pub fn hybrid_sub_byte(op: Op, bits: u32) -> Option<SubByte> {
+    Some(match (op, bits) {
+        (Op::FullyConnected, 4) => SubByte {
+            per_tensor: true,
+            per_channel: true,
+            blockwise: Some(BlockRule::FullyConnected4Bit),
+        },
+        (Op::Conv2d, 4) => SubByte {
+            per_tensor: true,
+            per_channel: true,
+            blockwise: None,
+        },
+        (Op::EmbeddingLookup, 4 | 2) => SubByte {
+            per_tensor: true,
+            per_channel: true,
+            blockwise: Some(BlockRule::Rows),
+        },
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,6 +200,95 @@ pub fn symmetric_params(min: f32, max: f32) -> QuantParams {
     }
 }
 
+/// Asymmetric parameters for `bits`-bit codes in `[-2^(bits-1), 2^(bits-1) - 1]`: the int8
+/// scheme of [`asymmetric_params`] with `2^bits - 1` steps. For 8 bits it is that function.
+pub fn asymmetric_params_bits(min: f32, max: f32, bits: u32) -> QuantParams {
+    if bits == 8 {
+        return asymmetric_params(min, max);
+    }
+    let (qmin, qmax) = (-(1i32 << (bits - 1)), (1i32 << (bits - 1)) - 1);
+    let p = |scale: f32, zero_point: i32| QuantParams {
+        scale,
+        zero_point,
+        qmin,
+        qmax,
+    };
+    if min == max {
+        return match min {
+            c if c > 0.0 => p(c, qmin),
+            c if c < 0.0 => p(-c, qmax),
+            _ => p(1.0, qmin),
+        };
+    }
+    let lo = f64::from(min.min(0.0));
+    let hi = f64::from(max.max(0.0));
+    let mut scale = ((hi - lo) / f64::from(qmax - qmin)) as f32;
+    if !scale.is_normal() {
+        scale = f32::MIN_POSITIVE;
+    }
+    let zero_point = (f64::from(qmin) - lo / f64::from(scale))
+        .round()
+        .clamp(f64::from(qmin), f64::from(qmax)) as i32;
+    p(scale, zero_point)
+}
+
+/// Symmetric parameters for `bits`-bit codes in `[-(2^(bits-1) - 1), 2^(bits-1) - 1]`
+/// (zero point 0): the scheme of [`symmetric_params`], which it is for 8 bits.
+pub fn symmetric_params_bits(min: f32, max: f32, bits: u32) -> QuantParams {
+    let qmax = (1i32 << (bits - 1)) - 1;
+    if bits == 8 {
+        return symmetric_params(min, max);
+    }
+    let m = f64::from(min.abs().max(max.abs()));
+    let mut scale = if min == max {
+        m as f32
+    } else {
+        (m / f64::from(qmax)) as f32
+    };
+    if scale == 0.0 {
+        scale = 1.0;
+    } else if !scale.is_normal() && min != max {
+        scale = f32::MIN_POSITIVE;
+    }
+    QuantParams {
+        scale,
+        zero_point: 0,
+        qmin: -qmax,
+        qmax,
+    }
+}
+
+/// Smallest normal float16.
+const F16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+
+/// The scale of one block of symmetric `bits`-bit codes whose largest magnitude is `amax`,
+/// as the kernels that read blocks need it: stored as float16, and read by XNNPACK as
+/// bfloat16, so it must be exact in both; normal and positive (one zero or subnormal scale
+/// makes XNNPACK refuse the model). `amax / qmax` is rounded **up** to the next such value,
+/// so that no value needs a code beyond `qmax`. `None` when the block needs a scale beyond
+/// the float16 range.
+pub fn block_scale(amax: f32, bits: u32) -> Option<f32> {
+    let qmax = (1i32 << (bits - 1)) - 1;
+    if amax == 0.0 {
+        return Some(1.0);
+    }
+    let s = (f64::from(amax) / f64::from(qmax)) as f32;
+    let s = if f64::from(s) * f64::from(qmax) < f64::from(amax) {
+        f32::from_bits(s.to_bits() + 1)
+    } else {
+        s
+    };
+    // Round up to 8 significant bits (bfloat16): clear the low 16 bits, carrying upwards.
+    let bits16 = s.to_bits();
+    let up = if bits16 & 0xFFFF == 0 {
+        bits16
+    } else {
+        (bits16 & !0xFFFF) + 0x1_0000
+    };
+    let s = f32::from_bits(up).max(F16_MIN_NORMAL);
+    (s <= 65504.0).then_some(s)
+}
+
 /// Rounds half away from zero, exactly like `f32::round`, for |v| < 2^22.
 ///
 /// `f32::round` calls into libm, and a float-to-int `as` cast saturates (and maps NaN to 0),
@@ -455,6 +544,18 @@ pub(crate) fn quantize_measured(values: &[f32], p: QuantParams, out: &mut [i8]) 
     total
 }
 
+/// Quantizes `values` into `out` and writes the reconstructions into `recon` (all of one
+/// length), for callers that measure many short runs at once with [`sums`].
+#[inline]
+pub(crate) fn quantize_recon(values: &[f32], p: QuantParams, out: &mut [i8], recon: &mut [f32]) {
+    let step = Stepper::new(p);
+    for ((o, y), &x) in out.iter_mut().zip(recon.iter_mut()).zip(values) {
+        let k = step.step(x);
+        *o = (k + p.zero_point) as i8;
+        *y = p.scale * k as f32;
+    }
+}
+
 /// Quantizes `values` into `out` over all cores and returns the error statistics.
 pub fn quantize_par(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStats {
     use rayon::prelude::*;
@@ -568,6 +669,26 @@ impl CodeUse {
         CodeUse {
             levels: h.iter().filter(|&&n| n > 0).count() as u32,
             at_edges: h[lo] + h[255],
+            count: h.iter().sum(),
+        }
+    }
+
+    /// [`CodeUse::from_histogram`] for `width`-bit codes (edges at -2^(w-1), or one above
+    /// when symmetric and unused, and 2^(w-1) - 1).
+    pub fn from_histogram_bits(h: &[u64; 256], symmetric: bool, width: u32) -> CodeUse {
+        if width >= 8 {
+            return CodeUse::from_histogram(h, symmetric);
+        }
+        let half = 1usize << (width - 1);
+        let low = 128 - half;
+        let lo = if symmetric && h[low] == 0 {
+            low + 1
+        } else {
+            low
+        };
+        CodeUse {
+            levels: h.iter().filter(|&&n| n > 0).count() as u32,
+            at_edges: h[lo] + h[128 + half - 1],
             count: h.iter().sum(),
         }
     }

@@ -65,6 +65,8 @@ enum Source {
     Quantize(usize),
     /// The float32 data the plan replaced this buffer's with (equalization).
     Override(u32),
+    /// The float16 block scales of job `n` (a buffer added after the model's own).
+    Scales(usize),
 }
 
 impl Source {
@@ -73,6 +75,7 @@ impl Source {
             Source::Copy(r) => r.len() as u64,
             Source::Quantize(j) => plan.jobs()[*j].stored_bytes(),
             Source::Override(b) => plan.buffer_data(*b).len() as u64,
+            Source::Scales(j) => plan.jobs()[*j].scale_bytes(),
         }
     }
 }
@@ -141,7 +144,27 @@ fn buffer_sources(model: &Model<'_>, plan: &Plan<'_>) -> Vec<Option<Source>> {
     for (j, job) in plan.jobs().iter().enumerate() {
         sources[job.buffer as usize] = Some(Source::Quantize(j));
     }
+    // Block scales get buffers of their own, after the model's, in job order.
+    for (j, job) in plan.jobs().iter().enumerate() {
+        if job.scale_bytes() > 0 {
+            sources.push(Some(Source::Scales(j)));
+        }
+    }
     sources
+}
+
+/// The buffer index of each job's block scales (see [`buffer_sources`]).
+fn scale_buffers(model: &Model<'_>, plan: &Plan<'_>) -> Vec<Option<u32>> {
+    let mut next = model.buffers().len() as u32;
+    plan.jobs()
+        .iter()
+        .map(|job| {
+            (job.scale_bytes() > 0).then(|| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect()
 }
 
 fn too_big(what: &str) -> Error {
@@ -183,6 +206,7 @@ fn build_skeleton(
         }
     }
 
+    let scale_buffer = scale_buffers(model, plan);
     let mut fbb = FlatBufferBuilder::with_capacity(model.bytes().len().min(64 << 20) / 4 + 4096);
     let mut subgraphs = Vec::with_capacity(model.subgraphs().len());
     for (si, sg) in root.subgraphs().into_iter().flatten().enumerate() {
@@ -192,11 +216,34 @@ fn build_skeleton(
         let mut new_ops = Vec::with_capacity(per_subgraph[si].len());
         for &(ti, j, user) in &per_subgraph[si] {
             let job = &plan.jobs()[j];
+            // Block scales: a FLOAT16 tensor in this subgraph, on the job's scale buffer.
+            let scales = match (job.encoding.quant_spec_for(&job.shape), scale_buffer[j]) {
+                (
+                    Some(QuantSpec {
+                        blocks: Some(b), ..
+                    }),
+                    Some(buffer),
+                ) => {
+                    let index = i32::try_from(tensors.len())
+                        .map_err(|_| too_big("more than 2^31 tensors"))?;
+                    let mut t = fb::TensorT::default();
+                    t.shape = Some(b.shape.iter().map(|&d| d as i32).collect());
+                    t.type_ = fb::TensorType::FLOAT16;
+                    t.buffer = buffer;
+                    t.name = Some(format!(
+                        "{}_scales",
+                        tensors[ti].name.as_deref().unwrap_or("tensor")
+                    ));
+                    tensors.push(t);
+                    Some(index)
+                }
+                _ => None,
+            };
             let float = &mut tensors[ti];
             if !user.dequantize {
                 // Only hybrid kernels read it: the tensor itself becomes the stored weight.
                 float.type_ = fb::TensorType(job.encoding.dtype().0);
-                float.quantization = quantization(&job.encoding);
+                float.quantization = quantization(&job.encoding, scales);
                 continue;
             }
             let buffer = std::mem::take(&mut float.buffer);
@@ -209,7 +256,7 @@ fn build_skeleton(
                 float.name.as_deref().unwrap_or("tensor"),
                 job.encoding.suffix()
             ));
-            twin.quantization = quantization(&job.encoding);
+            twin.quantization = quantization(&job.encoding, scales);
             twin.shape_signature = float.shape_signature.clone();
             twin.has_rank = float.has_rank;
             let index =
@@ -346,17 +393,22 @@ fn dequantize_opcode(
     u32::try_from(index).map_err(|_| too_big("too many operator codes"))
 }
 
-/// The tensor's quantization parameters for an encoding (none for float16).
-fn quantization(e: &Encoding) -> Option<Box<fb::QuantizationParametersT>> {
-    let QuantSpec {
-        scales,
-        zero_points,
-        axis,
-    } = e.quant_spec()?;
+/// The tensor's quantization parameters for an encoding (none for float16). A blockwise
+/// encoding names its scale tensor, `scales`, and has no zero points (-1).
+fn quantization(e: &Encoding, scales: Option<i32>) -> Option<Box<fb::QuantizationParametersT>> {
+    let spec = e.quant_spec()?;
     let mut q = fb::QuantizationParametersT::default();
-    q.scale = Some(scales);
-    q.zero_point = Some(zero_points);
-    q.quantized_dimension = axis as i32;
+    if let (Some(b), Some(index)) = (&spec.blocks, scales) {
+        let mut d = fb::BlockwiseQuantizationT::default();
+        d.scales = index;
+        d.zero_points = -1;
+        d.block_size = b.size as i32;
+        q.details = fb::QuantizationDetailsT::BlockwiseQuantization(Box::new(d));
+        return Some(Box::new(q));
+    }
+    q.scale = Some(spec.scales);
+    q.zero_point = Some(spec.zero_points);
+    q.quantized_dimension = spec.axis as i32;
     Some(Box::new(q))
 }
 
@@ -532,6 +584,12 @@ fn stream<W: Write>(
                 let data = plan.buffer_data(job.buffer);
                 stats[*j] = write_encoded(data, &job.encoding, &mut out, &mut codes)?;
             }
+            Source::Scales(j) => {
+                let spec = plan.jobs()[*j].encoding.quant_spec();
+                if let Some(b) = spec.and_then(|s| s.blocks) {
+                    out.write_all(&b.bytes)?;
+                }
+            }
         }
         pos = b.at + len;
     }
@@ -554,6 +612,9 @@ fn write_encoded<W: Write>(
     // tensors overlap too; at most BLOCK elements, so that memory stays flat.
     let elements = data.len() / 4;
     let block = elements.div_ceil(4).clamp(crate::quant::CHUNK, BLOCK);
+    // Sub-byte codes: every block but the last must end on a byte.
+    let align = encoding.alignment();
+    let block = block.div_ceil(align) * align;
     let [current, next] = bufs;
     let mut blocks = data.chunks(block * 4).enumerate();
     let Some((_, first)) = blocks.next() else {

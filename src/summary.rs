@@ -39,6 +39,10 @@ pub struct QuantizedTensor {
     pub hybrid: bool,
     /// Why per-channel was asked for but per-tensor used, if so.
     pub per_channel_fallback: Option<String>,
+    /// Why the asked type (int4, int2) or block granularity was not used, and the rule that
+    /// chose this encoding instead (absent when there is nothing to say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
     /// Signal-to-quantization-noise ratio of the weights in dB (`null` when exact).
     pub sqnr_db: Option<f64>,
     /// Largest absolute reconstruction error.
@@ -141,6 +145,7 @@ impl Summary {
                     channels: channels.map(|c| c.1),
                     hybrid: !user.direct.is_empty(),
                     per_channel_fallback: job.per_channel_fallback.clone(),
+                    fallback: job.fallback.clone(),
                     sqnr_db: sqnr.is_finite().then_some(sqnr),
                     max_abs_error: stats.max_abs,
                     range: int.then(|| job.range.map_or(RangeMethod::Minmax, |r| r.method)),
@@ -202,7 +207,7 @@ impl Summary {
         let saved: u64 = if written.is_some() {
             plan.jobs()
                 .iter()
-                .map(|j| 4 * j.elements - j.stored_bytes())
+                .map(|j| 4 * j.elements - j.stored_bytes() - j.scale_bytes())
                 .sum()
         } else {
             0
@@ -322,6 +327,16 @@ impl std::fmt::Display for Summary {
                 "worst:    {sqnr} SQNR in subgraph {} tensor {} ({})",
                 w.subgraph, w.tensor, w.name
             )?;
+        }
+        // Fallbacks from int4/int2/blockwise, each reason once with its count.
+        let mut reasons: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for q in &self.quantized {
+            if let Some(why) = &q.fallback {
+                *reasons.entry((q.encoding, why.as_str())).or_insert(0) += 1;
+            }
+        }
+        for ((encoding, why), n) in reasons {
+            writeln!(f, "fallback: {n} to {encoding}: {why}")?;
         }
         if self.seconds > 0.0 {
             writeln!(f, "time:     {:.3} s", self.seconds)?;

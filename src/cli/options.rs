@@ -17,13 +17,21 @@ pub struct QuantArgs {
     mode: ModeArg,
     /// `per-tensor`: one scale per tensor. `per-channel`: one per output channel on the axis
     /// each op expects, falling back to per-tensor where the op or runtime cannot take it.
+    /// `block` (int4/int2): one float16 scale per block of `--block-size` elements, for
+    /// kernels that read blocks (dynamic FULLY_CONNECTED, EMBEDDING_LOOKUP); per-channel
+    /// elsewhere, with the reason in the summary.
     #[arg(long, value_enum, default_value_t = GranularityArg::PerTensor)]
     granularity: GranularityArg,
+    /// Elements per block with `--granularity block`: 32, 64, 128 or 256.
+    #[arg(long, value_name = "N")]
+    block_size: Option<usize>,
     /// Symmetric int8 (zero point 0, codes in [-127, 127]) in weight-only mode too.
     #[arg(long)]
     symmetric: bool,
-    /// Storage type of quantized weights: `int8`, or `float16` (behind DEQUANTIZE; values
-    /// beyond ±65504 are clamped, with a warning).
+    /// Storage type of quantized weights: `int8`, `int4` (two per byte), `int2` (four per
+    /// byte), or `float16` (behind DEQUANTIZE; values beyond ±65504 are clamped, with a
+    /// warning). Where a kernel cannot take int4/int2 the weight keeps int8 (the summary
+    /// says why).
     #[arg(long = "type", value_enum, default_value_t = TypeArg::Int8)]
     weight_type: TypeArg,
     /// Only quantize weights read solely by these ops (builtin names, comma-separated,
@@ -77,11 +85,14 @@ enum ModeArg {
 enum GranularityArg {
     PerTensor,
     PerChannel,
+    Block,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum TypeArg {
     Int8,
+    Int4,
+    Int2,
     Float16,
 }
 
@@ -114,6 +125,28 @@ impl QuantArgs {
         let weight_type = match self.weight_type {
             TypeArg::Int8 => WeightType::Int8,
             TypeArg::Float16 => WeightType::Float16,
+            TypeArg::Int4 => WeightType::Int4,
+            TypeArg::Int2 => WeightType::Int2,
+        };
+        let granularity = match self.granularity {
+            GranularityArg::PerTensor => Granularity::PerTensor,
+            GranularityArg::PerChannel => Granularity::PerChannel,
+            GranularityArg::Block => Granularity::Block,
+        };
+        if granularity == Granularity::Block
+            && !matches!(weight_type, WeightType::Int4 | WeightType::Int2)
+        {
+            bail!("--granularity block needs --type int4 or int2");
+        }
+        let block_size = match self.block_size {
+            Some(n) if granularity != Granularity::Block => {
+                bail!("--block-size {n} needs --granularity block")
+            }
+            Some(n) if ![32, 64, 128, 256].contains(&n) => {
+                bail!("--block-size {n}: must be 32, 64, 128 or 256")
+            }
+            Some(n) => n,
+            None => 32,
         };
         if mode == Mode::Dynamic && weight_type == WeightType::Float16 {
             bail!("--mode dynamic needs --type int8: hybrid kernels take int8 weights only");
@@ -131,10 +164,8 @@ impl QuantArgs {
                 LayoutArg::External => LayoutPolicy::External,
             },
             mode,
-            granularity: match self.granularity {
-                GranularityArg::PerTensor => Granularity::PerTensor,
-                GranularityArg::PerChannel => Granularity::PerChannel,
-            },
+            granularity,
+            block_size,
             symmetric: self.symmetric,
             weight_type,
             include_ops: op_codes(&self.include_ops, "--include-ops")?,

@@ -25,6 +25,9 @@ pub struct Quantization {
     pub max: Vec<f32>,
     /// Name of the `details` union member (e.g. custom quantization), if any.
     pub details: Option<String>,
+    /// Blockwise parameters: (scale tensor index, block size), checked when the model was
+    /// read.
+    pub blockwise: Option<(usize, usize)>,
 }
 
 impl Quantization {
@@ -165,6 +168,12 @@ pub fn details(model: &Model<'_>) -> Details {
                         min: q.min().map(|v| v.iter().collect()).unwrap_or_default(),
                         max: q.max().map(|v| v.iter().collect()).unwrap_or_default(),
                         details: details.map(str::to_owned),
+                        blockwise: q.details_as_blockwise_quantization().and_then(|b| {
+                            Some((
+                                usize::try_from(b.scales()).ok()?,
+                                usize::try_from(b.block_size()).ok()?,
+                            ))
+                        }),
                     })
                 })
                 .collect()

@@ -4,10 +4,8 @@
 use std::collections::BTreeSet;
 
 use super::select::Selection;
-use super::{
-    BufferJob, Granularity, Options, RangeChoice, RangeMethod, Readers, WeightType, one_shape,
-};
-use crate::encoding::{Encoding, F16_MAX, Geometry};
+use super::{BufferJob, Granularity, Options, RangeChoice, RangeMethod, Readers, one_shape};
+use crate::encoding::{Bits, Encoding, F16_MAX, Geometry};
 use crate::model::{Model, OpRef, TensorRef};
 use crate::ops::{self, Op};
 use crate::quant::{self, QuantParams};
@@ -23,6 +21,10 @@ struct Read {
     op: Op,
     slot: usize,
     hybrid: bool,
+    /// The hybrid kernel reads this input as a weight (no DEQUANTIZE for it).
+    direct: bool,
+    /// The operator fuses an activation.
+    fused_activation: bool,
 }
 
 /// Jobs with their encodings (users not yet routed), and the tensors whose float16 values
@@ -49,23 +51,62 @@ pub(super) fn encode<'d>(
         let reads: Vec<Read> = users
             .iter()
             .flat_map(|&u| {
-                readers.of(u).iter().map(move |&(oi, slot)| Read {
-                    op: model.subgraphs()[u.subgraph].ops[oi].op,
-                    slot,
-                    hybrid: hybrid.contains(&OpRef {
+                readers.of(u).iter().map(move |&(oi, slot)| {
+                    let info = &model.subgraphs()[u.subgraph].ops[oi];
+                    let op = info.op;
+                    let hybrid = hybrid.contains(&OpRef {
                         subgraph: u.subgraph,
                         op: oi,
-                    }),
+                    });
+                    Read {
+                        op,
+                        slot,
+                        hybrid,
+                        direct: hybrid && ops::hybrid(op).is_some_and(|h| h.slots.contains(&slot)),
+                        fused_activation: info.fused_activation,
+                    }
                 })
             })
             .collect();
-        let (encoding, fallback, searched) = if opts.weight_type == WeightType::Float16 {
-            if range.min < -F16_MAX || range.max > F16_MAX {
-                clamped.extend(users.iter().copied());
+        let is_output = users.iter().any(|u| {
+            model.subgraphs()[u.subgraph]
+                .outputs
+                .contains(&(u.tensor as i32))
+        });
+        let mut other = None;
+        let (encoding, fallback, searched) = match opts.weight_type.bits() {
+            None => {
+                if range.min < -F16_MAX || range.max > F16_MAX {
+                    clamped.extend(users.iter().copied());
+                }
+                (Encoding::Float16, None, None)
             }
-            (Encoding::Float16, None, None)
-        } else {
-            int8(model, data(buffer), users, &shape, range, &reads, opts)
+            Some(Bits::Eight) => integer(
+                model,
+                data(buffer),
+                users,
+                &shape,
+                range,
+                &reads,
+                opts,
+                Bits::Eight,
+            ),
+            Some(bits) => {
+                let w = Weight {
+                    model,
+                    data: data(buffer),
+                    users,
+                    shape: &shape,
+                    range,
+                    reads: &reads,
+                    through_dequantize: is_output
+                        || reads.is_empty()
+                        || reads.iter().any(|r| !r.direct),
+                };
+                let (e, pc, why, searched) = sub_byte(&w, opts, bits);
+                other = why;
+                (e, pc, searched)
+            }
         };
         let job = BufferJob {
             buffer,
@@ -76,6 +117,7 @@ pub(super) fn encode<'d>(
             max: range.max,
             users: Vec::new(),
             per_channel_fallback: fallback,
+            fallback: other,
             range: searched,
         };
         jobs.push((job, users.clone()));
@@ -83,9 +125,161 @@ pub(super) fn encode<'d>(
     Encoded { jobs, clamped }
 }
 
-/// The int8 encoding of one buffer (float32 `data`), why per-channel was asked for but not
-/// used, and the searched range when `--range mse`.
-fn int8(
+/// One buffer to encode, with what the decisions read.
+struct Weight<'a> {
+    model: &'a Model<'a>,
+    /// Its float32 data (equalized or the model's).
+    data: &'a [u8],
+    users: &'a [TensorRef],
+    shape: &'a [usize],
+    range: quant::Range,
+    reads: &'a [Read],
+    /// Some reader (or a subgraph output) gets the float tensor from a DEQUANTIZE.
+    through_dequantize: bool,
+}
+
+/// The int4/int2 encoding of one buffer: why per-channel was not used, and why the asked
+/// type or granularity was not used (the rule that chose instead).
+fn sub_byte(
+    w: &Weight<'_>,
+    opts: &Options,
+    bits: Bits,
+) -> (
+    Encoding,
+    Option<String>,
+    Option<String>,
+    Option<RangeChoice>,
+) {
+    let width = bits.width();
+    let direct: Vec<&Read> = w.reads.iter().filter(|r| r.direct).collect();
+    // A direct reader whose kernel takes int8 only keeps the weight int8.
+    if let Some(r) = direct
+        .iter()
+        .find(|r| ops::hybrid_sub_byte(r.op, width).is_none())
+    {
+        let why = format!(
+            "the hybrid {} kernel takes int8 weights only, not {}",
+            r.op.name(),
+            bits.name()
+        );
+        let (e, pc, searched) = integer(
+            w.model,
+            w.data,
+            w.users,
+            w.shape,
+            w.range,
+            w.reads,
+            opts,
+            Bits::Eight,
+        );
+        return (e, pc, Some(why), searched);
+    }
+    let mut why = None;
+    let mut granularity = opts.granularity;
+    if granularity == Granularity::Block {
+        match blockwise(w, opts.block_size, bits, &direct) {
+            Ok(e) => return (e, None, None, None),
+            Err(reason) => {
+                why = Some(format!("{reason}: per-channel instead of blockwise"));
+                granularity = Granularity::PerChannel;
+            }
+        }
+    }
+    if granularity == Granularity::PerTensor
+        && direct
+            .iter()
+            .any(|r| ops::hybrid_sub_byte(r.op, width).is_some_and(|s| !s.per_tensor))
+    {
+        granularity = Granularity::PerChannel;
+    }
+    let (e, pc, searched) = integer(
+        w.model,
+        w.data,
+        w.users,
+        w.shape,
+        w.range,
+        w.reads,
+        &Options {
+            granularity,
+            ..opts.clone()
+        },
+        bits,
+    );
+    (e, pc, why, searched)
+}
+
+/// The blockwise encoding of one buffer, or why it cannot take one.
+fn blockwise(
+    w: &Weight<'_>,
+    size: usize,
+    bits: Bits,
+    direct: &[&Read],
+) -> Result<Encoding, String> {
+    if w.through_dequantize {
+        return Err("DEQUANTIZE does not read blockwise weights (LiteRT computes zeros)".into());
+    }
+    if !one_shape(w.model, w.users) {
+        return Err("its readers have different shapes".into());
+    }
+    for r in direct {
+        let rule = ops::hybrid_sub_byte(r.op, bits.width()).and_then(|s| s.blockwise);
+        match rule {
+            None => {
+                return Err(format!(
+                    "the hybrid {} kernel does not read {} blocks",
+                    r.op.name(),
+                    bits.name()
+                ));
+            }
+            Some(ops::BlockRule::FullyConnected4Bit) => {
+                let &[n, k] = w.shape else {
+                    return Err("a FULLY_CONNECTED filter that is not 2-D".into());
+                };
+                if r.fused_activation {
+                    return Err(
+                        "FULLY_CONNECTED's blockwise kernel ignores a fused activation \
+                                (builtin path)"
+                            .into(),
+                    );
+                }
+                if n < 4 || k < 32 || k % 2 != 0 {
+                    return Err(format!(
+                        "FULLY_CONNECTED reads blocks only with N >= 4 output rows and an even \
+                         K >= 32 (this filter is [{n}, {k}]): otherwise its kernel ignores the \
+                         block scales"
+                    ));
+                }
+            }
+            Some(ops::BlockRule::Rows) => {}
+        }
+    }
+    let Some(geometry) = Geometry::blocks(w.shape, size) else {
+        return Err(format!(
+            "the block size {size} does not divide the last axis of {:?}",
+            w.shape
+        ));
+    };
+    let ranges = quant::with_f32(w.data, |v| geometry.ranges(v));
+    let qmax = (1i32 << (bits.width() - 1)) - 1;
+    let mut params = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let Some(scale) = quant::block_scale(r.min.abs().max(r.max.abs()), bits.width()) else {
+            return Err("a block needs a scale beyond the float16 range".into());
+        };
+        params.push(quant::QuantParams {
+            scale,
+            zero_point: 0,
+            qmin: -qmax,
+            qmax,
+        });
+    }
+    Ok(Encoding::int(bits, geometry, params))
+}
+
+/// The integer encoding of one buffer with `bits`-bit codes, and why per-channel was asked
+/// for but not used.
+#[allow(clippy::too_many_arguments)]
+fn integer(
     model: &Model<'_>,
     data: &[u8],
     users: &[TensorRef],
@@ -93,18 +287,21 @@ fn int8(
     range: quant::Range,
     reads: &[Read],
     opts: &Options,
+    bits: Bits,
 ) -> (Encoding, Option<String>, Option<RangeChoice>) {
     let symmetric = opts.symmetric || reads.iter().any(|r| r.hybrid);
+    let width = bits.width();
     if opts.range == RangeMethod::Mse {
-        let grid = Grid::new(8, symmetric).expect("8 bits is a valid grid");
-        let (encoding, fallback, choices) = int8_mse(model, data, users, shape, reads, opts, grid);
+        let grid = Grid::new(width, symmetric).expect("2 to 8 bits is a valid grid");
+        let (encoding, fallback, choices) =
+            int_mse(model, data, users, shape, reads, opts, grid, bits);
         return (encoding, fallback, Some(summarize(&choices)));
     }
     let params = |r: quant::Range| {
         if symmetric {
-            quant::symmetric_params(r.min, r.max)
+            quant::symmetric_params_bits(r.min, r.max, width)
         } else {
-            quant::asymmetric_params(r.min, r.max)
+            quant::asymmetric_params_bits(r.min, r.max, width)
         }
     };
     // A direct reader whose kernel only reads per-channel scales gets them, repeated from the
@@ -116,12 +313,13 @@ fn int8(
     let mut fallback = None;
     let agreed = match opts.granularity {
         Granularity::PerTensor => None,
+        // Blocks are decided in `sub_byte`; int8 takes them per channel.
         // One set of scales must fit every reader's shape.
         Granularity::PerChannel if !one_shape(model, users) => {
             fallback = Some("its readers have different shapes".to_owned());
             None
         }
-        Granularity::PerChannel => match channel_axis(reads, shape.len()) {
+        Granularity::PerChannel | Granularity::Block => match channel_axis(reads, shape.len()) {
             Ok(axis) if shape[axis] > 1 => Some(axis),
             Ok(_) => {
                 fallback = Some("a single channel".to_owned());
@@ -138,13 +336,14 @@ fn int8(
             let geometry = Geometry::channels(shape, axis);
             let ranges = quant::with_f32(data, |v| geometry.ranges(v));
             fallback = None;
-            Encoding::int8_channels(geometry, ranges.into_iter().map(params).collect())
+            Encoding::int(bits, geometry, ranges.into_iter().map(params).collect())
         }
-        (_, Some(axis)) => Encoding::int8_channels(
+        (_, Some(axis)) => Encoding::int(
+            bits,
             Geometry::channels(shape, axis),
             vec![params(range); shape[axis]],
         ),
-        (_, None) => Encoding::int8(params(range)),
+        (_, None) => Encoding::int(bits, Geometry::Tensor, vec![params(range)]),
     };
     (encoding, fallback, None)
 }
@@ -167,7 +366,7 @@ fn axes(
         Granularity::PerChannel if !one_shape(model, users) => {
             (None, Some("its readers have different shapes".to_owned()))
         }
-        Granularity::PerChannel => match channel_axis(reads, shape.len()) {
+        Granularity::PerChannel | Granularity::Block => match channel_axis(reads, shape.len()) {
             Ok(axis) if shape[axis] > 1 => (Some(axis), None),
             Ok(_) => (None, Some("a single channel".to_owned())),
             Err(why) => (None, Some(why)),
@@ -176,9 +375,10 @@ fn axes(
     (agreed, fallback, required)
 }
 
-/// [`int8`] with each range searched for (`--range mse`): per channel, each channel its own
-/// search. Returns the searches made.
-fn int8_mse(
+/// [`integer`] with each range searched for (`--range mse`): per channel, each channel its
+/// own search. Returns the searches made.
+#[allow(clippy::too_many_arguments)]
+fn int_mse(
     model: &Model<'_>,
     data: &[u8],
     users: &[TensorRef],
@@ -186,6 +386,7 @@ fn int8_mse(
     reads: &[Read],
     opts: &Options,
     grid: Grid,
+    bits: Bits,
 ) -> (Encoding, Option<String>, Vec<range::Choice>) {
     let params = |c: &range::Choice| QuantParams {
         scale: c.params.scale,
@@ -205,12 +406,13 @@ fn int8_mse(
                     .map(|c| range::search(c, grid))
                     .collect::<Vec<_>>()
             });
-            let encoding = Encoding::int8_channels(geometry, choices.iter().map(params).collect());
+            let encoding = Encoding::int(bits, geometry, choices.iter().map(params).collect());
             (encoding, None, choices)
         }
         (_, Some(axis)) => {
             let choice = quant::with_f32(data, |v| range::search(v, grid));
-            let encoding = Encoding::int8_channels(
+            let encoding = Encoding::int(
+                bits,
                 Geometry::channels(shape, axis),
                 vec![params(&choice); shape[axis]],
             );
@@ -218,7 +420,11 @@ fn int8_mse(
         }
         (_, None) => {
             let choice = quant::with_f32(data, |v| range::search(v, grid));
-            (Encoding::int8(params(&choice)), fallback, vec![choice])
+            (
+                Encoding::int(bits, Geometry::Tensor, vec![params(&choice)]),
+                fallback,
+                vec![choice],
+            )
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Options {
     /// Equalize and write the float model, quantizing nothing (to check that equalization
     /// keeps the model's function).
     pub equalize_only: bool,
+    /// Elements per block for [`Granularity::Block`] (32, 64, 128 or 256).
+    pub block_size: usize,
 }
 
 /// How the clipping range of int8 weights is chosen.
@@ -102,6 +104,7 @@ impl Default for Options {
             range: RangeMethod::Minmax,
             equalize: true,
             equalize_only: false,
+            block_size: 32,
         }
     }
 }
@@ -138,6 +141,9 @@ pub enum Granularity {
     /// One per output channel, on the axis the consuming op expects; per-tensor where the
     /// op or the runtime cannot take it.
     PerChannel,
+    /// One scale per block of [`Options::block_size`] elements along the last axis, for
+    /// int4/int2 weights read by kernels that read blocks themselves; per-channel elsewhere.
+    Block,
 }
 
 /// Storage type of quantized weights.
@@ -149,6 +155,23 @@ pub enum WeightType {
     Int8,
     /// IEEE half precision.
     Float16,
+    /// 4-bit integer codes, two per byte.
+    Int4,
+    /// 2-bit integer codes, four per byte.
+    Int2,
+}
+
+impl WeightType {
+    /// The code width, for integer types.
+    pub fn bits(self) -> Option<crate::encoding::Bits> {
+        use crate::encoding::Bits;
+        match self {
+            WeightType::Int8 => Some(Bits::Eight),
+            WeightType::Int4 => Some(Bits::Four),
+            WeightType::Int2 => Some(Bits::Two),
+            WeightType::Float16 => None,
+        }
+    }
 }
 
 /// Why a constant tensor was left as it is.
@@ -348,12 +371,23 @@ pub struct BufferJob {
     pub per_channel_fallback: Option<String>,
     /// The clipping range searched for (`--range mse`), if so.
     pub range: Option<RangeChoice>,
+    /// Why the asked type (int4, int2) or granularity (block) was not used, and which rule
+    /// chose the encoding it got instead.
+    pub fallback: Option<String>,
 }
 
 impl BufferJob {
     /// Bytes of the stored data.
     pub fn stored_bytes(&self) -> u64 {
         self.encoding.bytes_for(self.elements)
+    }
+
+    /// Bytes of the float16 block scales (a buffer of their own), if blockwise.
+    pub fn scale_bytes(&self) -> u64 {
+        match self.encoding.block_size() {
+            Some(size) => 2 * self.elements / size.max(1) as u64,
+            None => 0,
+        }
     }
 }
 
@@ -481,7 +515,7 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
             *r = crate::quant::with_f32(bytes, crate::quant::scan_range_par);
         }
     }
-    let hybrid = if opts.mode == Mode::Dynamic && opts.weight_type == WeightType::Int8 {
+    let hybrid = if opts.mode == Mode::Dynamic && opts.weight_type != WeightType::Float16 {
         route::hybrid_ops(model, &selected.candidates)
     } else {
         Default::default()

@@ -141,8 +141,50 @@ fn line_up(
     map
 }
 
-/// Parameters of a quantized tensor checked against its shape.
-fn scheme(q: &Quantization, t: &TensorInfo) -> Result<Codes, String> {
+/// Parameters of a quantized tensor checked against its shape: INT8, INT4 or INT2 codes,
+/// per-tensor, per-channel, or blockwise with a float16 scale tensor of `sg`.
+fn scheme(
+    q: &Quantization,
+    t: &TensorInfo,
+    model: &Model<'_>,
+    sg: &SubgraphInfo,
+) -> Result<Codes, String> {
+    let bits = match t.dtype {
+        DType::INT8 => Bits::Eight,
+        DType::INT4 => Bits::Four,
+        DType::INT2 => Bits::Two,
+        other => return Err(format!("{other} codes")),
+    };
+    let half = 1i32 << (bits.width() - 1);
+    if let Some((scales, size)) = q.blockwise {
+        // Checked on read: the tensor exists, is FLOAT16 and has the right shape.
+        let st = &sg.tensors[scales];
+        let data = model.buffer_data(st.buffer);
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d.max(0) as usize).collect();
+        let geometry = Geometry::blocks(&dims, size)
+            .ok_or_else(|| format!("block size {size} does not divide shape {:?}", t.shape))?;
+        if data.len() != 2 * geometry.groups() {
+            return Err(format!(
+                "block scale tensor {scales} holds {} bytes, not {}",
+                data.len(),
+                2 * geometry.groups()
+            ));
+        }
+        let params = data
+            .chunks_exact(2)
+            .map(|h| QuantParams {
+                scale: half::f16::from_le_bytes([h[0], h[1]]).to_f32(),
+                zero_point: 0,
+                qmin: -half,
+                qmax: half - 1,
+            })
+            .collect();
+        return Ok(Codes {
+            bits,
+            geometry,
+            params,
+        });
+    }
     let n = q.scale.len();
     if n == 0 {
         return Err("quantization parameters have no scale".into());
@@ -156,14 +198,17 @@ fn scheme(q: &Quantization, t: &TensorInfo) -> Result<Codes, String> {
         if !(scale.is_finite() && scale > 0.0) {
             return Err(format!("scale {scale} is not a positive finite number"));
         }
-        if !(-128..=127).contains(&zp) {
-            return Err(format!("zero point {zp} is outside the int8 range"));
+        if !(i64::from(-half)..i64::from(half)).contains(&zp) {
+            return Err(format!(
+                "zero point {zp} is outside the {} range",
+                bits.name()
+            ));
         }
         params.push(QuantParams {
             scale,
             zero_point: zp as i32,
-            qmin: -128,
-            qmax: 127,
+            qmin: -half,
+            qmax: half - 1,
         });
     }
     let geometry = if n == 1 {
@@ -183,7 +228,7 @@ fn scheme(q: &Quantization, t: &TensorInfo) -> Result<Codes, String> {
         Geometry::channels(&dims, axis)
     };
     Ok(Codes {
-        bits: Bits::Eight,
+        bits,
         geometry,
         params,
     })
@@ -289,9 +334,9 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
                     reason,
                 })
             };
-            if t.dtype != DType::INT8 {
+            if ![DType::INT8, DType::INT4, DType::INT2].contains(&t.dtype) {
                 skip(format!(
-                    "{} constants are not measured (only INT8)",
+                    "{} constants are not measured (only INT8, INT4 and INT2)",
                     t.dtype
                 ));
                 continue;
@@ -304,7 +349,7 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
                 skip(format!("the float model has no subgraph {s}"));
                 continue;
             };
-            let scheme = match scheme(qp, t) {
+            let scheme = match scheme(qp, t, quantized, q) {
                 Ok(s) => s,
                 Err(e) => {
                     skip(format!("invalid quantization parameters: {e}"));
@@ -325,7 +370,14 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
                 if range.non_finite > 0 {
                     return Err(range.non_finite);
                 }
-                let codes: &[i8] = bytemuck::cast_slice(quantized.buffer_data(t.buffer));
+                let data = quantized.buffer_data(t.buffer);
+                let unpacked;
+                let codes: &[i8] = if scheme.bits == Bits::Eight {
+                    bytemuck::cast_slice(data)
+                } else {
+                    unpacked = crate::encoding::unpack(scheme.bits, data, values.len());
+                    &unpacked
+                };
                 let mut meter = Meter::new(&scheme, range.min, range.max, opts.histograms);
                 meter.add(values, codes, None);
                 Ok((range, meter.finish()))

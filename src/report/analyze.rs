@@ -22,8 +22,20 @@ pub fn job_codes(job: &BufferJob) -> Option<&Codes> {
 /// `codes` exactly as the rewriter does ([`crate::encoding::Encoding::encode_par`]), and
 /// returns the error statistics of the block.
 pub fn quantize_job(values: &[f32], first: usize, job: &BufferJob, codes: &mut [i8]) -> ErrorStats {
-    job.encoding
-        .encode_par(values, first, bytemuck::cast_slice_mut(codes))
+    match job.encoding.codes().map(|c| c.bits) {
+        Some(bits) if bits != crate::encoding::Bits::Eight => {
+            // Packed codes: encode as the rewriter does, then unpack for the meter.
+            let mut packed = vec![0u8; bits.bytes_for(values.len() as u64) as usize];
+            let stats = job.encoding.encode_par(values, first, &mut packed);
+            for (i, c) in codes.iter_mut().enumerate() {
+                *c = bits.code(&packed, i);
+            }
+            stats
+        }
+        _ => job
+            .encoding
+            .encode_par(values, first, bytemuck::cast_slice_mut(codes)),
+    }
 }
 
 /// Histograms of one tensor for the HTML report.
@@ -71,7 +83,9 @@ impl<'s> Meter<'s> {
     pub fn new(scheme: &'s Codes, min: f32, max: f32, histograms: bool) -> Meter<'s> {
         let histograms = histograms.then(|| {
             let (c, p) = scheme.widest();
-            let grid = (-128i8..=127)
+            let half = 1i16 << (scheme.bits.width() - 1);
+            let grid = (-half..half)
+                .map(|q| q as i8)
                 .map(|q| quant::dequantize(q, p))
                 .filter(|&v| v >= min && v <= max)
                 .collect();
@@ -126,7 +140,11 @@ impl<'s> Meter<'s> {
     pub fn finish(self) -> Measured {
         Measured {
             stats: self.stats,
-            code_use: CodeUse::from_histogram(&self.codes, self.scheme.symmetric()),
+            code_use: CodeUse::from_histogram_bits(
+                &self.codes,
+                self.scheme.symmetric(),
+                self.scheme.bits.width(),
+            ),
             histograms: self.histograms,
         }
     }

@@ -110,7 +110,9 @@ impl SchemeSummary {
         let scales = s.params.iter().map(|p| p.scale);
         let zps = s.params.iter().map(|p| p.zero_point);
         SchemeSummary {
-            granularity: if s.params.len() > 1 {
+            granularity: if matches!(s.geometry, crate::encoding::Geometry::Blocks { .. }) {
+                "blockwise"
+            } else if s.params.len() > 1 {
                 "per_channel"
             } else {
                 "per_tensor"
@@ -119,6 +121,7 @@ impl SchemeSummary {
             axis: match s.geometry {
                 crate::encoding::Geometry::Tensor => None,
                 crate::encoding::Geometry::Channels { axis, .. } => Some(axis),
+                crate::encoding::Geometry::Blocks { .. } => None,
             },
             channels: s.params.len(),
             scale_min: scales.clone().fold(f32::INFINITY, f32::min),
@@ -456,7 +459,7 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
                 SchemeSummary::new(scheme),
                 (job.min, job.max),
                 measured.clone(),
-                job.elements,
+                job.stored_bytes() + job.scale_bytes(),
                 job.buffer,
             ));
             if let Some(r) = rows.last_mut() {

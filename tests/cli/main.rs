@@ -6,6 +6,7 @@
 mod batch;
 mod hostile;
 mod inspect;
+mod int4;
 mod modes;
 mod quantize;
 mod report;
