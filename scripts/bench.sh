@@ -5,7 +5,7 @@
 #                    [--google "PY scripts/bench_google.py {in} {out}"]
 #
 # Builds the release binary and, once, the benchmark models into bench-data/ (gitignored,
-# about 1.7 GB: a 1 GiB MLP, a 180 MiB CNN, 100 small models; with --huge also a 9 GiB MLP
+# about 1.75 GB: a 1 GiB MLP, a 180 MiB CNN, a 48 MiB MLP, 100 small models; with --huge also a 9 GiB MLP
 # whose output takes the offset/size layout; rebuilt only when their parameters change).
 # Then times `cp` and `tflq quantize` alternately (median of N runs, page cache warm) and
 # prints a table with the ratio and tflq's peak memory.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the large float32 .tflite models of the whole-run benchmark (scripts/bench.sh).
 
-    python scripts/bench_models.py build DIR [--huge]  # once: mlp-1g, cnn-200m, small/ (100),
+    python scripts/bench_models.py build DIR [--huge]  # once: mlp-1g, cnn-200m, mlp-50m, small/ (100),
                                                        # with --huge also mlp-9g
     python scripts/bench_models.py check       # small models from the same code, run by LiteRT
 
@@ -76,6 +76,8 @@ LARGE = {
     "mlp-1g": lambda: mlp([8192] * 5, seed=1),
     # 5 x 3x3x1024x1024 = 180 MiB of weights in 4-D convolution filters.
     "cnn-200m": lambda: cnn(8, [1024] * 6, 3, seed=2),
+    # 3 x 2048x2048 = 48 MiB: a medium model, below the size where inputs used to be mapped.
+    "mlp-50m": lambda: mlp([2048] * 4, seed=4),
 }
 SMALL_COUNT = 100
 # Built only on request (--huge): its int8 output passes 2 GiB, so tflq writes the

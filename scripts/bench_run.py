@@ -242,7 +242,7 @@ def main() -> None:
     out = os.path.join(scratch, "q.tflite")
     cp_out = os.path.join(scratch, "cp")
     cases = []
-    names = ["mlp-1g", "cnn-200m"]
+    names = ["mlp-1g", "cnn-200m", "mlp-50m"]
     if args.huge:
         names.append("mlp-9g")
     for name in names:

@@ -615,6 +615,11 @@ fn write_encoded<W: Write>(
     // Sub-byte codes: every block but the last must end on a byte.
     let align = encoding.alignment();
     let block = block.div_ceil(align) * align;
+    // On a pool thread (a caller's own parallel loop) a blocking hand-over could stall the
+    // pool, so blocks are then encoded and written in turn below.
+    if data.len() > block * 4 && rayon::current_thread_index().is_none() {
+        return write_pipelined(data, block, encoding, out, bufs);
+    }
     let [current, next] = bufs;
     let mut blocks = data.chunks(block * 4).enumerate();
     let Some((_, first)) = blocks.next() else {
@@ -635,6 +640,59 @@ fn write_encoded<W: Write>(
         std::mem::swap(current, next);
     }
     out.write_all(current)?;
+    Ok(stats)
+}
+
+/// [`write_encoded`] from a thread outside the pool: one pool task encodes block after block
+/// into whichever of the two buffers is free, and this thread writes each as it comes. The
+/// encoding task goes from one block to the next without waiting for this thread to wake up,
+/// so the workers do not fall idle (and spin) at every block.
+fn write_pipelined<W: Write>(
+    data: &[u8],
+    block: usize,
+    encoding: &Encoding,
+    out: &mut W,
+    bufs: &mut [Vec<u8>; 2],
+) -> std::io::Result<ErrorStats> {
+    use std::sync::mpsc::sync_channel;
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2);
+    let (full_tx, full_rx) = sync_channel::<Vec<u8>>(2);
+    for b in bufs.iter_mut() {
+        // Cannot fail: the channel holds two and its receiver is alive.
+        let _ = free_tx.send(std::mem::take(b));
+    }
+    let mut stats = ErrorStats::default();
+    let mut returned = None;
+    let mut written = Ok(());
+    rayon::in_place_scope(|scope| {
+        let (stats, returned) = (&mut stats, &mut returned);
+        scope.spawn(move |_| {
+            for (k, part) in data.chunks(block * 4).enumerate() {
+                // Either fails only once the writer stopped (a write failed).
+                let Ok(mut buf) = free_rx.recv() else { break };
+                *stats = stats.merge(encode_block(part, k * block, encoding, &mut buf));
+                if full_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            *returned = Some(free_rx);
+        });
+        let (free_tx, full_rx) = (free_tx, full_rx);
+        for buf in full_rx.iter() {
+            written = out.write_all(&buf);
+            if written.is_err() {
+                // Dropping both ends stops the encoding task at its next block.
+                break;
+            }
+            let _ = free_tx.send(buf);
+        }
+    });
+    written?;
+    if let Some(rx) = returned {
+        for (slot, buf) in bufs.iter_mut().zip(rx.try_iter()) {
+            *slot = buf;
+        }
+    }
     Ok(stats)
 }
 
@@ -659,6 +717,76 @@ mod tests {
         (0..m.buffers().len() as u32)
             .map(|b| m.buffer_data(b).to_vec())
             .collect()
+    }
+
+    /// A float tensor of `n` values that float16 holds exactly and inexactly, as LE bytes.
+    fn floats(n: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| (((i % 20_000) as f32 - 10_000.0) * 0.37).to_le_bytes())
+            .collect()
+    }
+
+    /// float16 codes computed one value at a time, independently of the encoder.
+    fn float16_codes(data: &[u8]) -> Vec<u8> {
+        data.chunks(4)
+            .flat_map(|b| {
+                half::f16::from_f32(f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_blocks_arrive_whole_and_in_order_from_any_thread() {
+        // Ten and a bit parallel chunks: several blocks, the last one short.
+        let data = floats(10 * crate::quant::CHUNK + 3);
+        let want = float16_codes(&data);
+        let mut bufs = Default::default();
+        let mut out = Vec::new();
+        write_encoded(&data, &Encoding::Float16, &mut out, &mut bufs).unwrap();
+        assert!(out == want, "from a thread outside the pool (pipelined)");
+        // The buffers come back for the next tensor.
+        assert!(bufs.iter().all(|b| b.capacity() > 0));
+        let mut again = Vec::new();
+        write_encoded(&data, &Encoding::Float16, &mut again, &mut bufs).unwrap();
+        assert!(again == want);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let on_pool = pool.install(|| {
+            let mut out = Vec::new();
+            write_encoded(&data, &Encoding::Float16, &mut out, &mut Default::default()).unwrap();
+            out
+        });
+        assert!(on_pool == want, "from a pool thread (in turn)");
+    }
+
+    #[test]
+    fn a_failing_write_stops_the_stream_with_its_error() {
+        /// Accepts `left` bytes, then fails.
+        struct Full {
+            left: usize,
+        }
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if self.left == 0 {
+                    return Err(std::io::Error::other("disk full"));
+                }
+                let n = buf.len().min(self.left);
+                self.left -= n;
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let data = floats(40 * crate::quant::CHUNK);
+        for left in [0, 1000, 3 * crate::quant::CHUNK] {
+            let mut out = Full { left };
+            let e = write_encoded(&data, &Encoding::Float16, &mut out, &mut Default::default())
+                .unwrap_err();
+            assert_eq!(e.to_string(), "disk full");
+        }
     }
 
     #[test]
