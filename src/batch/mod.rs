@@ -893,7 +893,7 @@ mod tests {
         let bad = &summary.files[1];
         assert_eq!(
             bad.error.as_deref(),
-            Some("file is truncated or empty (4 bytes): not a TFLite model")
+            Some("not a TFLite model: no TFL3 identifier (the file has only 4 bytes)")
         );
         for r in summary
             .files

@@ -7,6 +7,7 @@ mod batch;
 mod hostile;
 mod inspect;
 mod modes;
+mod newcomer;
 mod quantize;
 mod report;
 
