@@ -78,3 +78,66 @@ fn a_text_file_is_not_a_model_and_not_truncated() {
     assert_eq!(code, 1);
     assert!(stderr.contains("the file is empty"), "{stderr}");
 }
+
+/// Item 2: a gate with nothing measured fails with exit 4 and says why; a real gate still
+/// passes (exit 0) or fails (exit 3).
+#[test]
+fn a_gate_that_measured_nothing_fails() {
+    let dir = tmp();
+    let mlp = fixture("mlp.tflite");
+    // A different model, and the float model itself: nothing of either matches mlp's int8.
+    for other in [fixture("cnn.tflite"), mlp.clone()] {
+        let (code, stdout, stderr) = run(&[
+            "report".as_ref(),
+            mlp.as_os_str(),
+            "--against".as_ref(),
+            other.as_os_str(),
+            "--fail-below-sqnr".as_ref(),
+            "30".as_ref(),
+        ]);
+        assert_eq!(code, 4, "{}: {stderr}", other.display());
+        assert!(stdout.contains("0 measured"), "{stdout}");
+        assert!(
+            stderr.contains("no tensor of") && stderr.contains("was measured"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&*mlp.to_string_lossy()), "{stderr}");
+    }
+    // A model with nothing to quantize, in memory.
+    let (code, _, stderr) = run(&[
+        "report".as_ref(),
+        fixture("int8.tflite").as_os_str(),
+        "--fail-below-sqnr".as_ref(),
+        "30".as_ref(),
+    ]);
+    assert_eq!(code, 4, "{stderr}");
+    // The real thing: mlp against its own int8 output passes a low gate, fails a high one.
+    let q = dir.path().join("mlp.int8.tflite");
+    tflq()
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            q.as_os_str(),
+        ])
+        .assert()
+        .success();
+    for (db, want) in [("10", 0), ("200", 3)] {
+        let (code, _, stderr) = run(&[
+            "report".as_ref(),
+            mlp.as_os_str(),
+            "--against".as_ref(),
+            q.as_os_str(),
+            "--fail-below-sqnr".as_ref(),
+            db.as_ref(),
+        ]);
+        assert_eq!(code, want, "{db}: {stderr}");
+    }
+    // Documented in --help.
+    tflq()
+        .args(["report", "--help"])
+        .assert()
+        .stdout(predicates::str::contains(
+            "4    a quality gate was asked for",
+        ));
+}
