@@ -233,6 +233,14 @@ impl std::fmt::Display for Summary {
         for (reason, n) in &self.skipped_by_reason {
             writeln!(f, "          {n:>5} {}", reason.replace('_', " "))?;
         }
+        let fallbacks = self.quantized.iter().filter_map(|t| {
+            t.per_channel_fallback
+                .as_deref()
+                .map(|r| (r, t.name.as_str()))
+        });
+        for line in crate::text::fallback_lines(fallbacks) {
+            writeln!(f, "fallback: {line}")?;
+        }
         writeln!(
             f,
             "weights:  {} -> {} ({})",

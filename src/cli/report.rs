@@ -56,7 +56,7 @@ pub struct OutputArgs {
 }
 
 /// The format named, else the one the output file's extension suggests, else a table.
-fn pick(name: Option<&str>, output: Option<&Path>) -> Format {
+pub(super) fn pick(name: Option<&str>, output: Option<&Path>) -> Format {
     name.and_then(Format::from_name)
         .or_else(|| output.and_then(Format::from_path))
         .unwrap_or(Format::Table)
@@ -264,11 +264,16 @@ pub fn after_quantize(
     };
     let r = crate::against_files(input, output, &opts)
         .with_context(|| format!("cannot report on {}", output.display()))?;
-    emit(
-        &r,
-        format,
-        Some(report),
-        FormatOptions::default().plots,
-        &file.cancel,
-    )
+    emit_report(&r, format, Some(report), &file.cancel)
+}
+
+/// Writes the report of `quantize --report`: to FILE, or to standard output for `-`.
+pub(super) fn emit_report(
+    r: &Report,
+    format: Format,
+    report: Option<&Path>,
+    cancel: &Cancel,
+) -> Result<()> {
+    let to = report.filter(|p| *p != Path::new("-"));
+    emit(r, format, to, FormatOptions::default().plots, cancel)
 }

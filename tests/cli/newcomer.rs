@@ -141,3 +141,235 @@ fn a_gate_that_measured_nothing_fails() {
             "4    a quality gate was asked for",
         ));
 }
+
+/// The bytes `tflq quantize` writes for `input` with default options (through a file: the
+/// reference the other outputs are compared with).
+fn reference(input: &Path) -> Vec<u8> {
+    let dir = tmp();
+    let out = dir.path().join("ref.tflite");
+    tflq()
+        .args([
+            "quantize".as_ref(),
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .assert()
+        .success();
+    std::fs::read(out).unwrap()
+}
+
+/// Item 3: `-o DIR` (existing) writes DIR/<input name>; `-o new/a/b/m.tflite` creates the
+/// folders; a failure removes the folders it created and names the folder it cannot create.
+#[test]
+fn output_into_a_folder_or_new_folders() {
+    let dir = tmp();
+    let mlp = fixture("mlp.tflite");
+    let want = reference(&mlp);
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    tflq()
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            existing.as_os_str(),
+        ])
+        .assert()
+        .success();
+    assert_eq!(entries(&existing), ["mlp.tflite"]);
+    assert_eq!(std::fs::read(existing.join("mlp.tflite")).unwrap(), want);
+    let deep = dir.path().join("new/a/b/m.tflite");
+    tflq()
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            deep.as_os_str(),
+        ])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&deep).unwrap(), want);
+    // A broken input: nothing, not even the folders, is left behind.
+    let bad = dir.path().join("bad.tflite");
+    std::fs::write(&bad, &std::fs::read(&mlp).unwrap()[..1000]).unwrap();
+    let never = dir.path().join("never/x/m.tflite");
+    let (code, _, _) = run(&[
+        "quantize".as_ref(),
+        bad.as_os_str(),
+        "-o".as_ref(),
+        never.as_os_str(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(!dir.path().join("never").exists());
+    // A folder that cannot be created (a file is in the way) is named.
+    let blocked = bad.join("sub/m.tflite");
+    let (code, _, stderr) = run(&[
+        "quantize".as_ref(),
+        mlp.as_os_str(),
+        "-o".as_ref(),
+        blocked.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&*bad.join("sub").to_string_lossy()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot create the output folder"),
+        "{stderr}"
+    );
+}
+
+/// Item 4: `-o -` writes the model to standard output (the summary to stderr) and no file
+/// named `-`; `--report -` prints the report; batch mode refuses `-o -`.
+#[test]
+fn a_dash_is_standard_output() {
+    let dir = tmp();
+    for name in ["mlp.tflite", "cnn.tflite"] {
+        let input = fixture(name);
+        let out = tflq()
+            .current_dir(dir.path())
+            .args([
+                "quantize".as_ref(),
+                input.as_os_str(),
+                "-o".as_ref(),
+                "-".as_ref(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, reference(&input), "{name}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("tensors"));
+        assert!(!dir.path().join("-").exists());
+    }
+    let q = dir.path().join("m.tflite");
+    let mlp = fixture("mlp.tflite");
+    let out = tflq()
+        .current_dir(dir.path())
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            q.as_os_str(),
+        ])
+        .args(["--report", "-", "--report-format", "csv"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.lines().count() > 1 && csv.contains(','), "{csv}");
+    assert!(!dir.path().join("-").exists());
+    assert_eq!(std::fs::read(&q).unwrap(), reference(&mlp));
+    let (code, _, stderr) = run(&[
+        "quantize".as_ref(),
+        fixtures().as_os_str(),
+        "-o".as_ref(),
+        "-".as_ref(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("batch mode needs an output folder"),
+        "{stderr}"
+    );
+}
+
+/// Item 6: when the model is written and only the report fails, the summary is printed and
+/// the message says the model was written, then gives the report's error.
+#[test]
+fn a_failed_report_does_not_hide_the_written_model() {
+    let dir = tmp();
+    let mlp = fixture("mlp.tflite");
+    let q = dir.path().join("m.tflite");
+    let report = dir.path().join("no/such/folder/r.csv");
+    let out = tflq()
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            q.as_os_str(),
+        ])
+        .args(["--report".as_ref(), report.as_os_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("tensors"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("the model was written to {}", q.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&*report.to_string_lossy()), "{stderr}");
+    assert_eq!(std::fs::read(&q).unwrap(), reference(&mlp));
+}
+
+/// Item 5: per-channel fallbacks are counted, with their reason, in the text summary and in
+/// `report`, matching the tensors the JSON summary marks.
+#[test]
+fn per_channel_fallbacks_are_said() {
+    let dir = tmp();
+    let mut seen = 0;
+    for model in all_fixtures() {
+        let out = dir.path().join("o.tflite");
+        let pc = ["--granularity", "per-channel"];
+        let json = tflq()
+            .args([
+                "quantize".as_ref(),
+                model.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+                "--json".as_ref(),
+            ])
+            .args(pc)
+            .output()
+            .unwrap();
+        if !json.status.success() {
+            continue;
+        }
+        let v = crate::json(&json.stdout);
+        let mut want: std::collections::BTreeMap<String, usize> = Default::default();
+        for t in v["quantized"].as_array().unwrap() {
+            if let Some(r) = t["per_channel_fallback"].as_str() {
+                *want.entry(r.to_owned()).or_default() += 1;
+            }
+        }
+        let text = tflq()
+            .args([
+                "quantize".as_ref(),
+                model.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+            ])
+            .args(pc)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        let report = tflq()
+            .args(["report".as_ref(), model.as_os_str()])
+            .args(pc)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&report.stdout).into_owned();
+        for (reason, n) in &want {
+            let noun = if *n == 1 { "tensor" } else { "tensors" };
+            let line = format!("{n} {noun} per-tensor instead of per-channel: {reason}");
+            assert!(
+                text.contains(&line),
+                "{}: {text} lacks {line}",
+                model.display()
+            );
+            assert!(
+                report.contains(&line),
+                "{}: {report} lacks {line}",
+                model.display()
+            );
+            seen += 1;
+        }
+        if want.is_empty() {
+            assert!(!text.contains("instead of per-channel"), "{text}");
+        }
+    }
+    assert!(seen > 0, "no fixture falls back: the test proves nothing");
+}

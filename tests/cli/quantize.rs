@@ -336,7 +336,7 @@ fn missing_input_is_a_clear_error_and_writes_nothing() {
 }
 
 #[test]
-fn a_folder_is_not_a_model_file() {
+fn an_existing_folder_as_output_gets_the_input_name() {
     let dir = tmp();
     std::fs::create_dir(dir.path().join("d")).unwrap();
     tflq()
@@ -345,9 +345,9 @@ fn a_folder_is_not_a_model_file() {
         .arg("-o")
         .arg(dir.path().join("d"))
         .assert()
-        .code(1)
-        .stderr(predicates::str::contains("not a regular file"));
+        .code(0);
     assert_eq!(entries(dir.path()), ["d"]);
+    assert_eq!(entries(&dir.path().join("d")), ["mlp.tflite"]);
 }
 
 #[test]
