@@ -167,6 +167,18 @@ fn run_many(args: &Args, format: Format, opts: &ReportOptions, cancel: &Cancel) 
     for p in &found.problems {
         eprintln!("tflq: error: {p}");
     }
+    if found.models().next().is_none() {
+        let names: Vec<String> = args
+            .models
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect();
+        eprintln!(
+            "tflq: error: no .tflite model found in {}: nothing to report",
+            names.join(", ")
+        );
+        return Ok(exit::FAILED);
+    }
     let mut reports = Vec::new();
     let mut names = Vec::new();
     for f in found.models() {

@@ -373,3 +373,60 @@ fn per_channel_fallbacks_are_said() {
     }
     assert!(seen > 0, "no fixture falls back: the test proves nothing");
 }
+
+/// Item 7: `report EMPTYDIR` says no model was found (exit 1); an HTML report with no tensor,
+/// or of float16 weights (no plots), says why.
+#[test]
+fn empty_results_are_explained() {
+    let dir = tmp();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("README.txt"), "not a model").unwrap();
+    let (code, stdout, stderr) = run(&["report".as_ref(), empty.as_os_str()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("no .tflite model found in"), "{stderr}");
+    assert!(stderr.contains(&*empty.to_string_lossy()), "{stderr}");
+    let html = dir.path().join("r.html");
+    // int8.tflite: nothing would be quantized.
+    let (code, _, _) = run(&[
+        "report".as_ref(),
+        fixture("int8.tflite").as_os_str(),
+        "-o".as_ref(),
+        html.as_os_str(),
+    ]);
+    assert_eq!(code, 0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains(
+            "id=\"no-tensors\">No tensor was measured: no tensor of this model would be quantized"
+        ),
+        "{page}"
+    );
+    // float16: measured, but no plots, and the page says why.
+    let (code, _, _) = run(&[
+        "report".as_ref(),
+        fixture("mlp.tflite").as_os_str(),
+        "--type".as_ref(),
+        "float16".as_ref(),
+        "-o".as_ref(),
+        html.as_os_str(),
+    ]);
+    assert_eq!(code, 0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(!page.contains("<svg"), "float16 has no plots");
+    assert!(
+        page.contains("No plots: float16 weights have no int8 codes to plot"),
+        "{page}"
+    );
+    assert!(!page.contains("No tensor was measured"));
+    // int8 still has its plots and no such note.
+    let (code, _, _) = run(&[
+        "report".as_ref(),
+        fixture("mlp.tflite").as_os_str(),
+        "-o".as_ref(),
+        html.as_os_str(),
+    ]);
+    assert_eq!(code, 0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && !page.contains("No plots"));
+}
