@@ -144,12 +144,32 @@ fn run_single(args: &Args, opts: &FileOptions) -> Result<i32> {
         && !crate::io::same_file(input, &output)
         && batch::up_to_date(input, &output);
     if skip || args.dry_run {
-        let status = if skip { "up_to_date" } else { "would_quantize" };
+        // A dry run reads and plans the model (nothing is written): what would happen.
+        let tensors = if skip {
+            0
+        } else {
+            crate::pipeline::plan_file(input, &opts.quant)?
+        };
+        let (status, what) = match (skip, tensors) {
+            (true, _) => ("up_to_date", "up to date".to_owned()),
+            (false, 0) => (
+                "would_be_unchanged",
+                "would copy unchanged (nothing to quantize)".to_owned(),
+            ),
+            (false, n) => (
+                "would_quantize",
+                format!(
+                    "would quantize {}",
+                    crate::text::count(n, "tensor", "tensors")
+                ),
+            ),
+        };
         if args.json {
-            let line = serde_json::json!({"input": input, "output": output, "status": status});
+            let line = serde_json::json!({
+                "input": input, "output": output, "status": status, "tensors_quantized": tensors,
+            });
             println!("{}", serde_json::to_string_pretty(&line)?);
         } else if !args.quiet {
-            let what = if skip { "up to date" } else { "would quantize" };
             println!("{what}: {} -> {}", input.display(), output.display());
         }
         return Ok(exit::OK);

@@ -521,18 +521,22 @@ fn dry_run_lists_the_work_and_writes_nothing() {
         .arg("-o")
         .arg(&out)
         .assert()
-        .success();
+        .code(1);
     assert!(!out.exists());
     let (lines, totals) = json_lines(&assert.get_output().stdout);
     let lines = by_path(&lines);
     assert_eq!(lines.len(), 10);
-    assert_eq!(lines[BAD[0]]["status"], "would_quantize");
+    // The models are read and planned: the broken ones fail, as they would for real.
+    assert_eq!(lines[BAD[0]]["status"], "failed");
+    assert_eq!(lines[BAD[1]]["status"], "failed");
+    assert_eq!(lines[UNCHANGED]["status"], "would_be_unchanged");
     assert_eq!(lines["docs/README.md"]["status"], "would_copy");
     assert_eq!(
         lines["vision/cnn.tflite"]["output"],
         out.join("vision/cnn.tflite").to_str().unwrap()
     );
-    assert_eq!(totals["would_quantize"], 8);
+    assert_eq!(totals["would_quantize"], 5);
+    assert_eq!(totals["would_be_unchanged"], 1);
     assert_eq!(totals["would_copy"], 2);
     assert_eq!(totals["dry_run"], true);
 
@@ -542,10 +546,12 @@ fn dry_run_lists_the_work_and_writes_nothing() {
         .arg("-o")
         .arg(&out)
         .assert()
-        .success();
+        .code(1);
     let stdout = String::from_utf8_lossy(&assert.get_output().stdout);
     assert!(
-        stdout.contains("would quantize vision/cnn.tflite "),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("would quantize ") && l.contains(" vision/cnn.tflite ")),
         "{stdout}"
     );
     assert!(!out.exists());
@@ -596,7 +602,8 @@ fn shards_cover_every_file_exactly_once() {
             .arg("-o")
             .arg(dir.path().join("unused"))
             .assert()
-            .success();
+            // The two broken models fail in the dry run as they would for real.
+            .code(1);
         by_path(&json_lines(&assert.get_output().stdout).0)
             .into_keys()
             .collect()

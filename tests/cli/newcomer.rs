@@ -430,3 +430,98 @@ fn empty_results_are_explained() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<svg") && !page.contains("No plots"));
 }
+
+/// Item 8: `--dry-run` reads and plans each model and says what would happen (as many
+/// tensors as the real run quantizes, copied unchanged, or the real run's error), writing
+/// nothing.
+#[test]
+fn a_dry_run_reads_and_plans_each_model() {
+    let dir = tmp();
+    let out = dir.path().join("o.tflite");
+    for (name, n) in [
+        ("mlp.tflite", None),
+        ("int8.tflite", Some(0)),
+        ("float16.tflite", Some(0)),
+    ] {
+        let input = fixture(name);
+        // The count the real run reports.
+        let real = tflq()
+            .args([
+                "quantize".as_ref(),
+                input.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+                "--json".as_ref(),
+            ])
+            .output()
+            .unwrap();
+        let real = crate::json(&real.stdout)["quantized"]
+            .as_array()
+            .unwrap()
+            .len();
+        std::fs::remove_file(&out).unwrap();
+        if let Some(n) = n {
+            assert_eq!(real, n, "{name}");
+        }
+        let (code, stdout, stderr) = run(&[
+            "quantize".as_ref(),
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--dry-run".as_ref(),
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        let want = match real {
+            0 => "would copy unchanged (nothing to quantize): ".to_owned(),
+            1 => "would quantize 1 tensor: ".to_owned(),
+            n => format!("would quantize {n} tensors: "),
+        };
+        assert!(stdout.starts_with(&want), "{name}: {stdout}");
+        assert!(!out.exists());
+    }
+    let bad = dir.path().join("bad.tflite");
+    std::fs::write(&bad, &std::fs::read(fixture("mlp.tflite")).unwrap()[..3000]).unwrap();
+    let (code, stdout, stderr) = run(&[
+        "quantize".as_ref(),
+        bad.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--dry-run".as_ref(),
+    ]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains("truncated: the file has 3000 bytes"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("would quantize"), "{stdout}");
+    // Batch: the same three outcomes, each named.
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::copy(fixture("mlp.tflite"), store.join("mlp.tflite")).unwrap();
+    std::fs::copy(fixture("int8.tflite"), store.join("int8.tflite")).unwrap();
+    std::fs::copy(&bad, store.join("bad.tflite")).unwrap();
+    let outdir = dir.path().join("out");
+    let (code, stdout, stderr) = run(&[
+        "quantize".as_ref(),
+        store.as_os_str(),
+        "-o".as_ref(),
+        outdir.as_os_str(),
+        "--dry-run".as_ref(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(!outdir.exists());
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(row("mlp.tflite").starts_with("would quantize"), "{stdout}");
+    assert!(
+        row("int8.tflite").starts_with("would be unchanged"),
+        "{stdout}"
+    );
+    assert!(row("bad.tflite").starts_with("FAILED"), "{stdout}");
+    assert!(row("bad.tflite").contains("truncated"), "{stdout}");
+}
