@@ -241,9 +241,9 @@ fn gate(reports: &[Report], names: &[String], bound: Option<f64>) -> i32 {
         let below = report.below(db);
         if let Some(worst) = below.first() {
             eprintln!(
-                "tflq: {} of {} tensors below {db} dB SQNR; worst {} dB: subgraph {} tensor {} ({})",
+                "tflq: {} of {} below {db} dB SQNR; worst {} dB: subgraph {} tensor {} ({})",
                 below.len(),
-                report.tensors.len(),
+                crate::text::count(report.tensors.len(), "tensor", "tensors"),
                 crate::report::format::sqnr_text(worst),
                 worst.subgraph,
                 worst.tensor,

@@ -525,3 +525,33 @@ fn a_dry_run_reads_and_plans_each_model() {
     assert!(row("bad.tflite").starts_with("FAILED"), "{stdout}");
     assert!(row("bad.tflite").contains("truncated"), "{stdout}");
 }
+
+/// Item 12 (part): one tensor is "1 tensor" in the gate message and the per-channel lines.
+#[test]
+fn one_tensor_is_singular() {
+    // mlp has two weights; with --min-elements above the smaller, one is measured.
+    let (code, _, stderr) = run(&[
+        "report".as_ref(),
+        fixture("mlp.tflite").as_os_str(),
+        "--fail-below-sqnr".as_ref(),
+        "200".as_ref(),
+    ]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("of 2 tensors below 200 dB"), "{stderr}");
+    assert!(!stderr.contains("1 tensors"), "{stderr}");
+    for model in all_fixtures() {
+        let (_, stdout, stderr) = run(&[
+            "report".as_ref(),
+            model.as_os_str(),
+            "--granularity".as_ref(),
+            "per-channel".as_ref(),
+        ]);
+        for text in [&stdout, &stderr] {
+            assert!(
+                !text.contains(" 1 tensors") && !text.contains("1 exact tensors"),
+                "{}: {text}",
+                model.display()
+            );
+        }
+    }
+}
