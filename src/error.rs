@@ -8,14 +8,25 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelError {
-    /// The file is shorter than the smallest possible model.
-    #[error("file is truncated or empty ({len} bytes): not a TFLite model")]
+    /// The file is empty.
+    #[error("the file is empty (0 bytes): not a TFLite model")]
+    Empty,
+    /// The model refers to bytes past the end of the file: a partial download or copy.
+    #[error("truncated: the file has {len} bytes, the model refers to byte {needed}")]
     Truncated {
+        /// Length of the input in bytes.
+        len: usize,
+        /// The end of the first range the model refers to that lies past the end of the file.
+        needed: usize,
+    },
+    /// The file is too short to hold the `TFL3` identifier, and what it holds is not its start.
+    #[error("not a TFLite model: no TFL3 identifier (the file has only {len} bytes)")]
+    TooShort {
         /// Length of the input in bytes.
         len: usize,
     },
     /// The flatbuffer's file identifier is not `TFL3`.
-    #[error("not a TFLite model: file identifier is {found:?}, expected \"TFL3\"")]
+    #[error("not a TFLite model: no TFL3 identifier (bytes 4 to 8 are {found:?})")]
     BadIdentifier {
         /// The four bytes found at the identifier's place, lossily decoded.
         found: String,

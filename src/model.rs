@@ -225,16 +225,38 @@ fn describe(e: &flatbuffers::InvalidFlatbuffer, len: usize) -> String {
 
 /// Checks the identifier and runs the flatbuffers verifier.
 pub fn verify(bytes: &[u8]) -> Result<fb::Model<'_>, ModelError> {
-    if bytes.len() < MIN_LEN {
-        return Err(ModelError::Truncated { len: bytes.len() });
+    let len = bytes.len();
+    if len == 0 {
+        return Err(ModelError::Empty);
+    }
+    if len < MIN_LEN {
+        // The start of a model cut short (its identifier begun), or something else.
+        let id = fb::MODEL_IDENTIFIER.as_bytes();
+        return Err(if len > 4 && id.starts_with(&bytes[4..]) {
+            ModelError::Truncated {
+                len,
+                needed: MIN_LEN,
+            }
+        } else {
+            ModelError::TooShort { len }
+        });
     }
     if !flatbuffers::buffer_has_identifier(bytes, fb::MODEL_IDENTIFIER, false) {
         let found = String::from_utf8_lossy(&bytes[4..8]).into_owned();
         return Err(ModelError::BadIdentifier { found });
     }
     let opts = verifier_options(bytes.len());
-    fb::root_as_model_with_opts(&opts, bytes).map_err(|e| ModelError::Corrupt {
-        detail: describe(&e, bytes.len()),
+    fb::root_as_model_with_opts(&opts, bytes).map_err(|e| match e {
+        // A range past the end: the file was cut short (a partial download or copy).
+        flatbuffers::InvalidFlatbuffer::RangeOutOfBounds { ref range, .. } if range.end > len => {
+            ModelError::Truncated {
+                len,
+                needed: range.end,
+            }
+        }
+        e => ModelError::Corrupt {
+            detail: describe(&e, len),
+        },
     })
 }
 

@@ -89,6 +89,16 @@ pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<
     Ok(summary)
 }
 
+/// What quantizing the model at `path` with `opts` would do, without writing anything: the
+/// number of tensors that would be quantized (0: the output would be the input unchanged).
+/// Fails as [`quantize_file`] would on a model that cannot be read.
+pub fn plan_file(path: &Path, opts: &Options) -> Result<usize> {
+    read_model(path, |model| {
+        let plan = crate::plan::plan(model, opts);
+        plan.jobs().iter().map(|j| j.users.len()).sum()
+    })
+}
+
 /// Parses the model at `path` and gives it to `f` (for commands that only read); fails if
 /// the file changed while `f` read it.
 pub fn read_model<T>(path: &Path, f: impl FnOnce(&Model<'_>) -> T) -> Result<T> {

@@ -267,6 +267,25 @@ impl std::fmt::Display for Summary {
         for (reason, n) in &self.skipped_by_reason {
             writeln!(f, "          {n:>5} {}", reason.replace('_', " "))?;
         }
+        let fallbacks = self.quantized.iter().filter_map(|t| {
+            t.per_channel_fallback
+                .as_deref()
+                .map(|r| (r, t.name.as_str()))
+        });
+        for line in crate::text::fallback_lines(fallbacks) {
+            writeln!(f, "fallback: {line}")?;
+        }
+        // Fallbacks of the type or the blocks (int4, int2, blockwise), each reason once with its
+        // count.
+        let mut reasons: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for q in &self.quantized {
+            if let Some(why) = &q.fallback {
+                *reasons.entry((q.encoding, why.as_str())).or_insert(0) += 1;
+            }
+        }
+        for ((encoding, why), n) in reasons {
+            writeln!(f, "fallback: {n} to {encoding}: {why}")?;
+        }
         writeln!(
             f,
             "weights:  {} -> {} ({})",
@@ -327,16 +346,6 @@ impl std::fmt::Display for Summary {
                 "worst:    {sqnr} SQNR in subgraph {} tensor {} ({})",
                 w.subgraph, w.tensor, w.name
             )?;
-        }
-        // Fallbacks from int4/int2/blockwise, each reason once with its count.
-        let mut reasons: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-        for q in &self.quantized {
-            if let Some(why) = &q.fallback {
-                *reasons.entry((q.encoding, why.as_str())).or_insert(0) += 1;
-            }
-        }
-        for ((encoding, why), n) in reasons {
-            writeln!(f, "fallback: {n} to {encoding}: {why}")?;
         }
         if self.seconds > 0.0 {
             writeln!(f, "time:     {:.3} s", self.seconds)?;

@@ -1,6 +1,29 @@
 //! Text helpers shared by every human-readable output (quantize and batch summaries,
 //! `inspect`, the report formats): sizes, ratios, display widths.
 
+/// `1 tensor`, `2 tensors`: a count with the singular or plural noun.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The per-channel fallbacks of a run, one line per reason: how many tensors, why, and the
+/// first one's name. `fallbacks` gives (reason, tensor name) per tensor.
+pub fn fallback_lines<'a>(fallbacks: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    let mut by_reason: std::collections::BTreeMap<&str, (usize, &str)> = Default::default();
+    for (reason, name) in fallbacks {
+        by_reason.entry(reason).or_insert((0, name)).0 += 1;
+    }
+    by_reason
+        .into_iter()
+        .map(|(reason, (n, first))| {
+            format!(
+                "{} per-tensor instead of per-channel: {reason} (e.g. {first})",
+                count(n, "tensor", "tensors")
+            )
+        })
+        .collect()
+}
+
 /// `1.5 KiB` style sizes (binary units, one decimal; bytes as a whole number).
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

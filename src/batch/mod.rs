@@ -68,6 +68,8 @@ pub enum Status {
     UpToDate,
     /// Dry run: the model would be quantized.
     WouldQuantize,
+    /// Dry run: nothing in the model qualifies; it would be copied unchanged.
+    WouldBeUnchanged,
     /// Dry run: the file would be copied.
     WouldCopy,
     /// The model could not be read or written; see the error. No output was written.
@@ -85,6 +87,7 @@ impl Status {
             Status::Copied => "copied",
             Status::UpToDate => "up to date",
             Status::WouldQuantize => "would quantize",
+            Status::WouldBeUnchanged => "would be unchanged",
             Status::WouldCopy => "would copy",
             Status::Failed => "FAILED",
             Status::Interrupted => "interrupted",
@@ -275,6 +278,8 @@ pub struct Totals {
     pub up_to_date: usize,
     /// Dry run: models that would be quantized.
     pub would_quantize: usize,
+    /// Dry run: models with nothing to quantize (they would be copied unchanged).
+    pub would_be_unchanged: usize,
     /// Models that failed.
     pub failed: usize,
     /// Models and files stopped by an interruption while being written.
@@ -508,14 +513,24 @@ fn process(found: &Found, out_root: &Path, opts: &BatchOptions) -> FileReport {
             status: Status::UpToDate,
             ..report
         }
-    } else if opts.dry_run {
+    } else if opts.dry_run && !model {
         FileReport {
-            status: if model {
-                Status::WouldQuantize
-            } else {
-                Status::WouldCopy
-            },
+            status: Status::WouldCopy,
             ..report
+        }
+    } else if opts.dry_run {
+        // Read and planned, not written: a model that would fail fails here too.
+        match crate::pipeline::plan_file(&found.path, &opts.file.quant) {
+            Ok(0) => FileReport {
+                status: Status::WouldBeUnchanged,
+                ..report
+            },
+            Ok(n) => FileReport {
+                status: Status::WouldQuantize,
+                tensors_quantized: n,
+                ..report
+            },
+            Err(e) => report.failed(&e, false),
         }
     } else {
         let result = match output.parent() {
@@ -569,6 +584,7 @@ impl Totals {
             (Status::UpToDate, true) => &mut self.up_to_date,
             (Status::UpToDate, false) => &mut self.others_up_to_date,
             (Status::WouldQuantize, _) => &mut self.would_quantize,
+            (Status::WouldBeUnchanged, _) => &mut self.would_be_unchanged,
             (Status::WouldCopy, _) => &mut self.would_copy,
             (Status::Failed, true) => &mut self.failed,
             (Status::Failed, false) => &mut self.copy_failed,
@@ -720,6 +736,10 @@ impl fmt::Display for BatchSummary {
             (t.unchanged, "unchanged (nothing to quantize)"),
             (t.up_to_date, "up to date"),
             (t.would_quantize, "would be quantized"),
+            (
+                t.would_be_unchanged,
+                "would be unchanged (nothing to quantize)",
+            ),
             (t.failed, "failed"),
             (t.interrupted, "interrupted"),
             (t.not_started, "not started"),
@@ -893,7 +913,7 @@ mod tests {
         let bad = &summary.files[1];
         assert_eq!(
             bad.error.as_deref(),
-            Some("file is truncated or empty (4 bytes): not a TFLite model")
+            Some("not a TFLite model: no TFL3 identifier (the file has only 4 bytes)")
         );
         for r in summary
             .files

@@ -28,6 +28,9 @@ pub mod exit {
     pub const INTERRUPTED: i32 = 130;
     /// A quality gate (e.g. `--fail-below-sqnr`) was not met; the report was still printed.
     pub const GATE: i32 = 3;
+    /// A quality gate was asked for but a model had no tensor to measure it on (nothing of
+    /// `--against` matched, or nothing would be quantized); the report was still printed.
+    pub const GATE_UNMEASURED: i32 = 4;
 }
 
 const EXIT_CODES: &str = "\
@@ -37,6 +40,7 @@ Exit codes:
        (in a batch: some failed, every other one was processed)
   2    invalid command line (also: an output folder that is the input folder)
   3    a quality gate (--fail-below-sqnr) was not met
+  4    a quality gate was asked for, but a model had no measured tensor to apply it to
   130  interrupted: no file is started after Ctrl-C, none is left partial";
 
 /// Quantize the float32 weights of TensorFlow Lite models to int8.
@@ -51,7 +55,9 @@ struct Cli {
 enum Command {
     #[command(after_help = EXIT_CODES)]
     Quantize(quantize::Args),
+    #[command(after_help = EXIT_CODES)]
     Inspect(inspect::Args),
+    #[command(after_help = EXIT_CODES)]
     Report(report::Args),
 }
 

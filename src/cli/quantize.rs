@@ -32,7 +32,9 @@ pub struct Args {
     /// Models to quantize: .tflite files, and folders searched recursively for them.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
-    /// The output model (one input file) or output folder (created if needed).
+    /// The output model (one input file: its folders are created if needed; an existing
+    /// folder gets FOLDER/<input name>, as with cp; `-` is standard output), or the output
+    /// folder (batch; created if needed).
     #[arg(short, long, value_name = "OUT", required_unless_present = "in_place")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -47,7 +49,7 @@ pub struct Args {
     #[arg(short, long)]
     quiet: bool,
     /// Also write the quantization-error report of the written model to FILE (one input
-    /// file only).
+    /// file only; `-` is standard output, and the summary then goes to standard error).
     #[arg(long, value_name = "FILE", conflicts_with = "in_place")]
     report: Option<PathBuf>,
     /// Format of --report [default: from its extension, else table].
@@ -104,6 +106,12 @@ pub fn run(args: Args, cancel: &Cancel) -> Result<i32> {
         );
         return Ok(exit::USAGE);
     }
+    if is_stdout(args.output.as_deref()) {
+        eprintln!(
+            "tflq: error: -o - writes one model to standard output; batch mode needs an output folder"
+        );
+        return Ok(exit::USAGE);
+    }
     let output = match &args.output {
         Some(o) => o.clone(),
         None => batch::discover::root(&args.inputs),
@@ -122,39 +130,191 @@ pub fn run(args: Args, cancel: &Cancel) -> Result<i32> {
 /// One model: `OUT` is the output file.
 fn run_single(args: &Args, opts: &FileOptions) -> Result<i32> {
     let input = &args.inputs[0];
-    let output = args.output.clone().unwrap_or_else(|| input.clone());
+    if is_stdout(args.output.as_deref()) {
+        return run_to_stdout(args, opts);
+    }
+    let mut output = args.output.clone().unwrap_or_else(|| input.clone());
+    // `-o DIR` with one input file: `DIR/<input name>`, as `cp` does.
+    if args.output.is_some() && output.is_dir() {
+        if let Some(name) = input.file_name() {
+            output = output.join(name);
+        }
+    }
     let skip = args.skip_existing
         && !crate::io::same_file(input, &output)
         && batch::up_to_date(input, &output);
     if skip || args.dry_run {
-        let status = if skip { "up_to_date" } else { "would_quantize" };
+        // A dry run reads and plans the model (nothing is written): what would happen.
+        let tensors = if skip {
+            0
+        } else {
+            crate::pipeline::plan_file(input, &opts.quant)?
+        };
+        let (status, what) = match (skip, tensors) {
+            (true, _) => ("up_to_date", "up to date".to_owned()),
+            (false, 0) => (
+                "would_be_unchanged",
+                "would copy unchanged (nothing to quantize)".to_owned(),
+            ),
+            (false, n) => (
+                "would_quantize",
+                format!(
+                    "would quantize {}",
+                    crate::text::count(n, "tensor", "tensors")
+                ),
+            ),
+        };
         if args.json {
-            let line = serde_json::json!({"input": input, "output": output, "status": status});
+            let line = serde_json::json!({
+                "input": input, "output": output, "status": status, "tensors_quantized": tensors,
+            });
             println!("{}", serde_json::to_string_pretty(&line)?);
         } else if !args.quiet {
-            let what = if skip { "up to date" } else { "would quantize" };
             println!("{what}: {} -> {}", input.display(), output.display());
         }
         return Ok(exit::OK);
     }
-    let summary = crate::quantize_file(input, &output, opts)?;
-    if let Some(report) = &args.report {
+    // `-o new/folders/m.tflite`: create the folders (removed again if nothing is written).
+    let created = create_parents(&output)?;
+    let summary = match crate::quantize_file(input, &output, opts) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(top) = created {
+                remove_empty(output.parent(), &top);
+            }
+            return Err(e.into());
+        }
+    };
+    // The model is written: its summary is printed even if the report then fails.
+    let reported = args.report.as_ref().map(|report| {
         let format = args.report_format.as_deref();
-        super::report::after_quantize(input, &output, opts, report, format)?;
-    }
+        super::report::after_quantize(input, &output, opts, report, format)
+    });
     for w in &summary.warnings {
         eprintln!("tflq: warning: {}: {w}", input.display());
     }
-    if args.json {
+    // `--report -` has standard output: the summary goes to standard error.
+    let text = if args.json {
         let json = JsonSummary {
             input,
             output: &output,
             summary: &summary,
         };
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        format!("{}\n", serde_json::to_string_pretty(&json)?)
     } else if !args.quiet {
-        println!("{} -> {}", input.display(), output.display());
-        print!("{summary}");
+        format!("{} -> {}\n{summary}", input.display(), output.display())
+    } else {
+        String::new()
+    };
+    if is_stdout(args.report.as_deref()) {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+    if let Some(Err(e)) = reported {
+        eprintln!(
+            "tflq: the model was written to {}; only the report failed",
+            output.display()
+        );
+        return Err(e);
+    }
+    Ok(exit::OK)
+}
+
+/// `-` names standard output.
+fn is_stdout(path: Option<&Path>) -> bool {
+    path == Some(Path::new("-"))
+}
+
+/// Creates the missing folders above `output`; returns the topmost one created.
+fn create_parents(output: &Path) -> Result<Option<PathBuf>> {
+    let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    let mut top = None;
+    let mut p = Some(parent);
+    while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        top = Some(dir.to_path_buf());
+        p = dir.parent();
+    }
+    if top.is_some() {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            anyhow::anyhow!("{}: cannot create the output folder: {e}", parent.display())
+        })?;
+    }
+    Ok(top)
+}
+
+/// Removes the empty folders from `dir` up to `top` (those [`create_parents`] made).
+fn remove_empty(dir: Option<&Path>, top: &Path) {
+    let mut d = dir;
+    while let Some(dir) = d {
+        if std::fs::remove_dir(dir).is_err() || dir == top {
+            break;
+        }
+        d = dir.parent();
+    }
+}
+
+/// `-o -`: the model on standard output, the summary (and any message) on standard error.
+fn run_to_stdout(args: &Args, opts: &FileOptions) -> Result<i32> {
+    use std::io::{IsTerminal, Write};
+    let input = &args.inputs[0];
+    if std::io::stdout().is_terminal() {
+        eprintln!(
+            "tflq: error: -o - would write a binary model to the terminal; redirect standard output"
+        );
+        return Ok(exit::USAGE);
+    }
+    if is_stdout(args.report.as_deref()) {
+        eprintln!("tflq: error: -o - and --report - cannot both use standard output");
+        return Ok(exit::USAGE);
+    }
+    if args.in_place || args.skip_existing {
+        eprintln!("tflq: error: -o - cannot be combined with --in-place or --skip-existing");
+        return Ok(exit::USAGE);
+    }
+    if args.dry_run {
+        if !args.quiet {
+            eprintln!("would quantize: {} -> standard output", input.display());
+        }
+        return Ok(exit::OK);
+    }
+    let data = crate::pipeline::ModelFile::open(input)?;
+    let out = crate::quantize(data.bytes(), &opts.quant).map_err(|e| match e {
+        crate::Error::Invalid(source) => crate::Error::model(input, source),
+        other => other,
+    })?;
+    data.check_unchanged()?;
+    if let Some(report) = &args.report {
+        let format = super::report::pick(args.report_format.as_deref(), Some(report));
+        let ropts = crate::ReportOptions {
+            quant: opts.quant.clone(),
+            histograms: format == crate::report::Format::Html,
+        };
+        let float = data.parse()?;
+        let quantized = crate::Model::parse(&out.bytes).map_err(crate::Error::from)?;
+        let mut r = crate::report::against(&float, &quantized, &ropts);
+        r.model = Some(input.display().to_string());
+        r.against = Some("standard output".into());
+        super::report::emit_report(&r, format, Some(report), &opts.cancel)?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out.bytes)?;
+    stdout.flush()?;
+    for w in &out.summary.warnings {
+        eprintln!("tflq: warning: {}: {w}", input.display());
+    }
+    if args.json {
+        let json = JsonSummary {
+            input,
+            output: Path::new("-"),
+            summary: &out.summary,
+        };
+        eprintln!("{}", serde_json::to_string_pretty(&json)?);
+    } else if !args.quiet {
+        eprintln!("{} -> standard output", input.display());
+        eprint!("{}", out.summary);
     }
     Ok(exit::OK)
 }

@@ -35,7 +35,8 @@ pub struct Args {
     quant: QuantArgs,
     #[command(flatten)]
     out: OutputArgs,
-    /// Exit with code 3 (after printing the report) if any tensor's SQNR is below DB.
+    /// Exit with code 3 (after printing the report) if any tensor's SQNR is below DB; with
+    /// code 4 if a model had no measured tensor (nothing to judge it by).
     #[arg(long, value_name = "DB", allow_hyphen_values = true)]
     fail_below_sqnr: Option<f64>,
 }
@@ -55,7 +56,7 @@ pub struct OutputArgs {
 }
 
 /// The format named, else the one the output file's extension suggests, else a table.
-fn pick(name: Option<&str>, output: Option<&Path>) -> Format {
+pub(super) fn pick(name: Option<&str>, output: Option<&Path>) -> Format {
     name.and_then(Format::from_name)
         .or_else(|| output.and_then(Format::from_path))
         .unwrap_or(Format::Table)
@@ -137,7 +138,12 @@ pub fn run(args: Args, cancel: &Cancel) -> Result<i32> {
         args.out.plots,
         cancel,
     )?;
-    Ok(gate(std::slice::from_ref(&report), args.fail_below_sqnr))
+    let name = model.display().to_string();
+    Ok(gate(
+        std::slice::from_ref(&report),
+        &[name],
+        args.fail_below_sqnr,
+    ))
 }
 
 /// Reports every model under several inputs: one document, a line on stderr per model that
@@ -161,12 +167,26 @@ fn run_many(args: &Args, format: Format, opts: &ReportOptions, cancel: &Cancel) 
     for p in &found.problems {
         eprintln!("tflq: error: {p}");
     }
+    if found.models().next().is_none() {
+        let names: Vec<String> = args
+            .models
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect();
+        eprintln!(
+            "tflq: error: no .tflite model found in {}: nothing to report",
+            names.join(", ")
+        );
+        return Ok(exit::FAILED);
+    }
     let mut reports = Vec::new();
+    let mut names = Vec::new();
     for f in found.models() {
         match crate::report_file(&f.path, opts) {
             Ok(mut r) => {
                 r.model = Some(f.relative.display().to_string());
                 reports.push(r);
+                names.push(f.path.display().to_string());
             }
             Err(e) => {
                 eprintln!("tflq: error: {e}");
@@ -193,23 +213,37 @@ fn run_many(args: &Args, format: Format, opts: &ReportOptions, cancel: &Cancel) 
             stdout.flush()?;
         }
     }
-    let code = gate(&reports, args.fail_below_sqnr);
+    let code = gate(&reports, &names, args.fail_below_sqnr);
     Ok(if failed > 0 { exit::FAILED } else { code })
 }
 
-/// `--fail-below-sqnr`: names the worst tensor below the bound, and picks the exit code.
-fn gate(reports: &[Report], bound: Option<f64>) -> i32 {
+/// `--fail-below-sqnr`: names the worst tensor below the bound, and picks the exit code. A
+/// model with no measured tensor fails the gate too (exit 4 unless another is below it): a
+/// gate that measured nothing has proven nothing.
+fn gate(reports: &[Report], names: &[String], bound: Option<f64>) -> i32 {
     let Some(db) = bound else {
         return exit::OK;
     };
     let mut failing = 0;
-    for report in reports {
+    let mut unmeasured = 0;
+    for (report, name) in reports.iter().zip(names) {
+        if report.tensors.is_empty() {
+            let why = match &report.against {
+                Some(q) => format!("no quantized tensor of {q} matches a float tensor of it"),
+                None => "it has no tensor that would be quantized".to_string(),
+            };
+            eprintln!(
+                "tflq: error: --fail-below-sqnr {db}: no tensor of {name} was measured ({why}); the gate fails"
+            );
+            unmeasured += 1;
+            continue;
+        }
         let below = report.below(db);
         if let Some(worst) = below.first() {
             eprintln!(
-                "tflq: {} of {} tensors below {db} dB SQNR; worst {} dB: subgraph {} tensor {} ({})",
+                "tflq: {} of {} below {db} dB SQNR; worst {} dB: subgraph {} tensor {} ({})",
                 below.len(),
-                report.tensors.len(),
+                crate::text::count(report.tensors.len(), "tensor", "tensors"),
                 crate::report::format::sqnr_text(worst),
                 worst.subgraph,
                 worst.tensor,
@@ -218,7 +252,13 @@ fn gate(reports: &[Report], bound: Option<f64>) -> i32 {
             failing += 1;
         }
     }
-    if failing > 0 { exit::GATE } else { exit::OK }
+    if failing > 0 {
+        exit::GATE
+    } else if unmeasured > 0 {
+        exit::GATE_UNMEASURED
+    } else {
+        exit::OK
+    }
 }
 
 /// `quantize --report FILE`: measures the model just written against its input.
@@ -236,11 +276,16 @@ pub fn after_quantize(
     };
     let r = crate::against_files(input, output, &opts)
         .with_context(|| format!("cannot report on {}", output.display()))?;
-    emit(
-        &r,
-        format,
-        Some(report),
-        FormatOptions::default().plots,
-        &file.cancel,
-    )
+    emit_report(&r, format, Some(report), &file.cancel)
+}
+
+/// Writes the report of `quantize --report`: to FILE, or to standard output for `-`.
+pub(super) fn emit_report(
+    r: &Report,
+    format: Format,
+    report: Option<&Path>,
+    cancel: &Cancel,
+) -> Result<()> {
+    let to = report.filter(|p| *p != Path::new("-"));
+    emit(r, format, to, FormatOptions::default().plots, cancel)
 }

@@ -114,7 +114,8 @@ pub fn summary_lines(report: &Report) -> Vec<(&'static str, String)> {
     if let Some(m) = s.mean_sqnr_db {
         let mut t = format!("{m:.2} dB SQNR (element-weighted)");
         if s.exact > 0 {
-            t.push_str(&format!("; {} exact tensors left out", s.exact));
+            let exact = crate::text::count(s.exact, "exact tensor", "exact tensors");
+            t.push_str(&format!("; {exact} left out"));
         }
         lines.push(("mean", t));
     }

@@ -335,7 +335,20 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
         }
         writeln!(out, "</tr>")?;
     }
-    writeln!(out, "</tbody>\n</table></div>\n</section>")?;
+    writeln!(out, "</tbody>\n</table></div>")?;
+    if report.tensors.is_empty() {
+        let why = if report.against.is_some() {
+            "no quantized tensor of the other model matches a float tensor of this one"
+        } else {
+            "no tensor of this model would be quantized with these options (see the skipped tensors)"
+        };
+        writeln!(
+            out,
+            "<p class=\"empty\" id=\"no-tensors\">No tensor was measured: {}.</p>",
+            escape(why)
+        )?;
+    }
+    writeln!(out, "</section>")?;
 
     let plotted: Vec<&TensorRow> = report
         .tensors
@@ -343,6 +356,24 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
         .filter(|r| r.histograms.is_some())
         .take(plots)
         .collect();
+    if plotted.is_empty() && !report.tensors.is_empty() {
+        let why = if plots == 0 {
+            "--plots 0 was given".to_owned()
+        } else if report
+            .tensors
+            .iter()
+            .all(|r| r.scheme.granularity == "float16")
+        {
+            "float16 weights have no int8 codes to plot (the table gives their error)".to_owned()
+        } else {
+            "no measured tensor has value histograms".to_owned()
+        };
+        writeln!(
+            out,
+            "<section id=\"plots\">\n<p class=\"empty\" id=\"no-plots\">No plots: {}.</p>\n</section>",
+            escape(&why)
+        )?;
+    }
     if !plotted.is_empty() {
         writeln!(
             out,

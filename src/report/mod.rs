@@ -481,5 +481,17 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
     let mut report = Report::new(rows, skipped, Vec::new());
     report.equalized_pairs = Some(plan.equalized_pairs());
     report.min_elements = Some(opts.quant.min_elements);
+    // Per-channel asked for, per-tensor used: said, with how many and why.
+    let fallbacks = plan.jobs().iter().flat_map(|job| {
+        job.per_channel_fallback
+            .as_deref()
+            .into_iter()
+            .flat_map(|r| {
+                job.users
+                    .iter()
+                    .map(move |u| (r, model.tensor(u.tensor).name.as_str()))
+            })
+    });
+    report.warnings = crate::text::fallback_lines(fallbacks);
     report
 }

@@ -8,6 +8,7 @@ mod hostile;
 mod inspect;
 mod int4;
 mod modes;
+mod newcomer;
 mod quantize;
 mod report;
 

@@ -132,12 +132,12 @@ pub const ATTACKS: &[Attack] = &[
     Attack {
         name: "empty file",
         make: Vec::new,
-        expect: &["truncated or empty (0 bytes)"],
+        expect: &["the file is empty (0 bytes): not a TFLite model"],
     },
     Attack {
         name: "seven bytes",
         make: || read_fixture(MLP)[..7].to_vec(),
-        expect: &["truncated or empty (7 bytes)"],
+        expect: &["truncated: the file has 7 bytes, the model refers to byte 8"],
     },
     Attack {
         name: "cut in half",
@@ -145,7 +145,7 @@ pub const ATTACKS: &[Attack] = &[
             let b = read_fixture(MLP);
             b[..b.len() / 2].to_vec()
         },
-        expect: &["corrupt flatbuffer", "out of bounds"],
+        expect: &["truncated: the file has 35406 bytes, the model refers to byte "],
     },
     Attack {
         name: "wrong identifier",
@@ -154,12 +154,12 @@ pub const ATTACKS: &[Attack] = &[
             b[4..8].copy_from_slice(b"TFL2");
             b
         },
-        expect: &["not a TFLite model", "\"TFL2\"", "expected \"TFL3\""],
+        expect: &["not a TFLite model: no TFL3 identifier (bytes 4 to 8 are \"TFL2\")"],
     },
     Attack {
         name: "a text file",
         make: || b"this is certainly not a model, just some text\n".to_vec(),
-        expect: &["not a TFLite model", "file identifier"],
+        expect: &["not a TFLite model: no TFL3 identifier (bytes 4 to 8 are \" is \")"],
     },
     Attack {
         name: "root offset past the end",
@@ -169,7 +169,7 @@ pub const ATTACKS: &[Attack] = &[
             b[..4].copy_from_slice(&past);
             b
         },
-        expect: &["corrupt flatbuffer", "out of bounds"],
+        expect: &["truncated: the file has 70812 bytes, the model refers to byte "],
     },
     Attack {
         name: "tensor vector length inflated",
@@ -182,7 +182,7 @@ pub const ATTACKS: &[Attack] = &[
             b[at..at + 4].copy_from_slice(&0x3fff_ffffu32.to_le_bytes());
             b
         },
-        expect: &["corrupt flatbuffer", "out of bounds"],
+        expect: &["truncated: the file has 70812 bytes, the model refers to byte "],
     },
     Attack {
         name: "shared tables multiply the work",

@@ -1,0 +1,557 @@
+//! The rough edges of issue 11 ("a newcomer's day"), each tried as a first-time user would.
+
+use crate::*;
+
+/// Runs `tflq ARGS`; returns (exit code, stdout, stderr).
+fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = tflq().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parses "truncated: the file has N bytes, the model refers to byte M" out of `stderr`.
+fn truncated_numbers(stderr: &str) -> Option<(usize, usize)> {
+    let rest = stderr.split("truncated: the file has ").nth(1)?;
+    let (n, rest) = rest.split_once(" bytes, the model refers to byte ")?;
+    let m: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((n.parse().ok()?, m.parse().ok()?))
+}
+
+/// Item 1: a model cut short (any fixture, several cut points) is called truncated, with the
+/// file's length and a byte past it that the whole model does hold; in every subcommand.
+#[test]
+fn a_half_downloaded_model_is_called_truncated() {
+    let dir = tmp();
+    for model in all_fixtures() {
+        let bytes = std::fs::read(&model).unwrap();
+        for cut in [5, bytes.len() / 7, bytes.len() / 2, bytes.len() - 1000] {
+            let part = dir.path().join("part.tflite");
+            std::fs::write(&part, &bytes[..cut]).unwrap();
+            for command in ["quantize", "inspect", "report"] {
+                let out = dir.path().join("out.tflite");
+                let mut args = vec![command.as_ref(), part.as_os_str()];
+                if command == "quantize" {
+                    args.extend(["-o".as_ref(), out.as_os_str()]);
+                }
+                let (code, _, stderr) = run(&args);
+                let what = format!("{} cut at {cut}, {command}: {stderr}", model.display());
+                // Some cuts fall where every offset still lands inside (a model whose
+                // external buffers were cut, say); those are not this test's concern.
+                if stderr.contains("lies outside") {
+                    continue;
+                }
+                assert_eq!(code, 1, "{what}");
+                let (n, m) = truncated_numbers(&stderr).unwrap_or_else(|| panic!("{what}"));
+                assert_eq!(n, cut, "{what}");
+                assert!(m > cut && m <= bytes.len(), "{what}");
+                assert!(stderr.contains(&*part.to_string_lossy()), "{what}");
+                assert!(!out.exists(), "{what}");
+            }
+        }
+    }
+}
+
+/// Item 1 and 10: a text file given as a model is "not a TFLite model: no TFL3 identifier",
+/// never "truncated", however short; an empty file says it is empty.
+#[test]
+fn a_text_file_is_not_a_model_and_not_truncated() {
+    let dir = tmp();
+    for text in [&b"hi\n"[..], b"abcd", b"# README\n\nThese are my models.\n"] {
+        let path = dir.path().join("notes.tflite");
+        std::fs::write(&path, text).unwrap();
+        for command in ["inspect", "report"] {
+            let (code, _, stderr) = run(&[command.as_ref(), path.as_os_str()]);
+            assert_eq!(code, 1, "{stderr}");
+            assert!(
+                stderr.contains("not a TFLite model: no TFL3 identifier"),
+                "{stderr}"
+            );
+            assert!(!stderr.contains("truncated"), "{stderr}");
+        }
+    }
+    let empty = dir.path().join("empty.tflite");
+    std::fs::write(&empty, b"").unwrap();
+    let (code, _, stderr) = run(&["inspect".as_ref(), empty.as_os_str()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("the file is empty"), "{stderr}");
+}
+
+/// Item 2: a gate with nothing measured fails with exit 4 and says why; a real gate still
+/// passes (exit 0) or fails (exit 3).
+#[test]
+fn a_gate_that_measured_nothing_fails() {
+    let dir = tmp();
+    let mlp = fixture("mlp.tflite");
+    // A different model, and the float model itself: nothing of either matches mlp's int8.
+    for other in [fixture("cnn.tflite"), mlp.clone()] {
+        let (code, stdout, stderr) = run(&[
+            "report".as_ref(),
+            mlp.as_os_str(),
+            "--against".as_ref(),
+            other.as_os_str(),
+            "--fail-below-sqnr".as_ref(),
+            "30".as_ref(),
+        ]);
+        assert_eq!(code, 4, "{}: {stderr}", other.display());
+        assert!(stdout.contains("0 measured"), "{stdout}");
+        assert!(
+            stderr.contains("no tensor of") && stderr.contains("was measured"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&*mlp.to_string_lossy()), "{stderr}");
+    }
+    // A model with nothing to quantize, in memory.
+    let (code, _, stderr) = run(&[
+        "report".as_ref(),
+        fixture("int8.tflite").as_os_str(),
+        "--fail-below-sqnr".as_ref(),
+        "30".as_ref(),
+    ]);
+    assert_eq!(code, 4, "{stderr}");
+    // The real thing: mlp against its own int8 output passes a low gate, fails a high one.
+    let q = dir.path().join("mlp.int8.tflite");
+    tflq()
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            q.as_os_str(),
+        ])
+        .assert()
+        .success();
+    for (db, want) in [("10", 0), ("200", 3)] {
+        let (code, _, stderr) = run(&[
+            "report".as_ref(),
+            mlp.as_os_str(),
+            "--against".as_ref(),
+            q.as_os_str(),
+            "--fail-below-sqnr".as_ref(),
+            db.as_ref(),
+        ]);
+        assert_eq!(code, want, "{db}: {stderr}");
+    }
+    // Documented in --help.
+    tflq()
+        .args(["report", "--help"])
+        .assert()
+        .stdout(predicates::str::contains(
+            "4    a quality gate was asked for",
+        ));
+}
+
+/// The bytes `tflq quantize` writes for `input` with default options (through a file: the
+/// reference the other outputs are compared with).
+fn reference(input: &Path) -> Vec<u8> {
+    let dir = tmp();
+    let out = dir.path().join("ref.tflite");
+    tflq()
+        .args([
+            "quantize".as_ref(),
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .assert()
+        .success();
+    std::fs::read(out).unwrap()
+}
+
+/// Item 3: `-o DIR` (existing) writes DIR/<input name>; `-o new/a/b/m.tflite` creates the
+/// folders; a failure removes the folders it created and names the folder it cannot create.
+#[test]
+fn output_into_a_folder_or_new_folders() {
+    let dir = tmp();
+    let mlp = fixture("mlp.tflite");
+    let want = reference(&mlp);
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    tflq()
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            existing.as_os_str(),
+        ])
+        .assert()
+        .success();
+    assert_eq!(entries(&existing), ["mlp.tflite"]);
+    assert_eq!(std::fs::read(existing.join("mlp.tflite")).unwrap(), want);
+    let deep = dir.path().join("new/a/b/m.tflite");
+    tflq()
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            deep.as_os_str(),
+        ])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&deep).unwrap(), want);
+    // A broken input: nothing, not even the folders, is left behind.
+    let bad = dir.path().join("bad.tflite");
+    std::fs::write(&bad, &std::fs::read(&mlp).unwrap()[..1000]).unwrap();
+    let never = dir.path().join("never/x/m.tflite");
+    let (code, _, _) = run(&[
+        "quantize".as_ref(),
+        bad.as_os_str(),
+        "-o".as_ref(),
+        never.as_os_str(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(!dir.path().join("never").exists());
+    // A folder that cannot be created (a file is in the way) is named.
+    let blocked = bad.join("sub/m.tflite");
+    let (code, _, stderr) = run(&[
+        "quantize".as_ref(),
+        mlp.as_os_str(),
+        "-o".as_ref(),
+        blocked.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&*bad.join("sub").to_string_lossy()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot create the output folder"),
+        "{stderr}"
+    );
+}
+
+/// Item 4: `-o -` writes the model to standard output (the summary to stderr) and no file
+/// named `-`; `--report -` prints the report; batch mode refuses `-o -`.
+#[test]
+fn a_dash_is_standard_output() {
+    let dir = tmp();
+    for name in ["mlp.tflite", "cnn.tflite"] {
+        let input = fixture(name);
+        let out = tflq()
+            .current_dir(dir.path())
+            .args([
+                "quantize".as_ref(),
+                input.as_os_str(),
+                "-o".as_ref(),
+                "-".as_ref(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, reference(&input), "{name}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("tensors"));
+        assert!(!dir.path().join("-").exists());
+    }
+    let q = dir.path().join("m.tflite");
+    let mlp = fixture("mlp.tflite");
+    let out = tflq()
+        .current_dir(dir.path())
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            q.as_os_str(),
+        ])
+        .args(["--report", "-", "--report-format", "csv"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.lines().count() > 1 && csv.contains(','), "{csv}");
+    assert!(!dir.path().join("-").exists());
+    assert_eq!(std::fs::read(&q).unwrap(), reference(&mlp));
+    let (code, _, stderr) = run(&[
+        "quantize".as_ref(),
+        fixtures().as_os_str(),
+        "-o".as_ref(),
+        "-".as_ref(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("batch mode needs an output folder"),
+        "{stderr}"
+    );
+}
+
+/// Item 6: when the model is written and only the report fails, the summary is printed and
+/// the message says the model was written, then gives the report's error.
+#[test]
+fn a_failed_report_does_not_hide_the_written_model() {
+    let dir = tmp();
+    let mlp = fixture("mlp.tflite");
+    let q = dir.path().join("m.tflite");
+    let report = dir.path().join("no/such/folder/r.csv");
+    let out = tflq()
+        .args([
+            "quantize".as_ref(),
+            mlp.as_os_str(),
+            "-o".as_ref(),
+            q.as_os_str(),
+        ])
+        .args(["--report".as_ref(), report.as_os_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("tensors"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("the model was written to {}", q.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&*report.to_string_lossy()), "{stderr}");
+    assert_eq!(std::fs::read(&q).unwrap(), reference(&mlp));
+}
+
+/// Item 5: per-channel fallbacks are counted, with their reason, in the text summary and in
+/// `report`, matching the tensors the JSON summary marks.
+#[test]
+fn per_channel_fallbacks_are_said() {
+    let dir = tmp();
+    let mut seen = 0;
+    for model in all_fixtures() {
+        let out = dir.path().join("o.tflite");
+        let pc = ["--granularity", "per-channel"];
+        let json = tflq()
+            .args([
+                "quantize".as_ref(),
+                model.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+                "--json".as_ref(),
+            ])
+            .args(pc)
+            .output()
+            .unwrap();
+        if !json.status.success() {
+            continue;
+        }
+        let v = crate::json(&json.stdout);
+        let mut want: std::collections::BTreeMap<String, usize> = Default::default();
+        for t in v["quantized"].as_array().unwrap() {
+            if let Some(r) = t["per_channel_fallback"].as_str() {
+                *want.entry(r.to_owned()).or_default() += 1;
+            }
+        }
+        let text = tflq()
+            .args([
+                "quantize".as_ref(),
+                model.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+            ])
+            .args(pc)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        let report = tflq()
+            .args(["report".as_ref(), model.as_os_str()])
+            .args(pc)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&report.stdout).into_owned();
+        for (reason, n) in &want {
+            let noun = if *n == 1 { "tensor" } else { "tensors" };
+            let line = format!("{n} {noun} per-tensor instead of per-channel: {reason}");
+            assert!(
+                text.contains(&line),
+                "{}: {text} lacks {line}",
+                model.display()
+            );
+            assert!(
+                report.contains(&line),
+                "{}: {report} lacks {line}",
+                model.display()
+            );
+            seen += 1;
+        }
+        if want.is_empty() {
+            assert!(!text.contains("instead of per-channel"), "{text}");
+        }
+    }
+    assert!(seen > 0, "no fixture falls back: the test proves nothing");
+}
+
+/// Item 7: `report EMPTYDIR` says no model was found (exit 1); an HTML report with no tensor,
+/// or of float16 weights (no plots), says why.
+#[test]
+fn empty_results_are_explained() {
+    let dir = tmp();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("README.txt"), "not a model").unwrap();
+    let (code, stdout, stderr) = run(&["report".as_ref(), empty.as_os_str()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("no .tflite model found in"), "{stderr}");
+    assert!(stderr.contains(&*empty.to_string_lossy()), "{stderr}");
+    let html = dir.path().join("r.html");
+    // int8.tflite: nothing would be quantized.
+    let (code, _, _) = run(&[
+        "report".as_ref(),
+        fixture("int8.tflite").as_os_str(),
+        "-o".as_ref(),
+        html.as_os_str(),
+    ]);
+    assert_eq!(code, 0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains(
+            "id=\"no-tensors\">No tensor was measured: no tensor of this model would be quantized"
+        ),
+        "{page}"
+    );
+    // float16: measured, but no plots, and the page says why.
+    let (code, _, _) = run(&[
+        "report".as_ref(),
+        fixture("mlp.tflite").as_os_str(),
+        "--type".as_ref(),
+        "float16".as_ref(),
+        "-o".as_ref(),
+        html.as_os_str(),
+    ]);
+    assert_eq!(code, 0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(!page.contains("<svg"), "float16 has no plots");
+    assert!(
+        page.contains("No plots: float16 weights have no int8 codes to plot"),
+        "{page}"
+    );
+    assert!(!page.contains("No tensor was measured"));
+    // int8 still has its plots and no such note.
+    let (code, _, _) = run(&[
+        "report".as_ref(),
+        fixture("mlp.tflite").as_os_str(),
+        "-o".as_ref(),
+        html.as_os_str(),
+    ]);
+    assert_eq!(code, 0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && !page.contains("No plots"));
+}
+
+/// Item 8: `--dry-run` reads and plans each model and says what would happen (as many
+/// tensors as the real run quantizes, copied unchanged, or the real run's error), writing
+/// nothing.
+#[test]
+fn a_dry_run_reads_and_plans_each_model() {
+    let dir = tmp();
+    let out = dir.path().join("o.tflite");
+    for (name, n) in [
+        ("mlp.tflite", None),
+        ("int8.tflite", Some(0)),
+        ("float16.tflite", Some(0)),
+    ] {
+        let input = fixture(name);
+        // The count the real run reports.
+        let real = tflq()
+            .args([
+                "quantize".as_ref(),
+                input.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+                "--json".as_ref(),
+            ])
+            .output()
+            .unwrap();
+        let real = crate::json(&real.stdout)["quantized"]
+            .as_array()
+            .unwrap()
+            .len();
+        std::fs::remove_file(&out).unwrap();
+        if let Some(n) = n {
+            assert_eq!(real, n, "{name}");
+        }
+        let (code, stdout, stderr) = run(&[
+            "quantize".as_ref(),
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--dry-run".as_ref(),
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        let want = match real {
+            0 => "would copy unchanged (nothing to quantize): ".to_owned(),
+            1 => "would quantize 1 tensor: ".to_owned(),
+            n => format!("would quantize {n} tensors: "),
+        };
+        assert!(stdout.starts_with(&want), "{name}: {stdout}");
+        assert!(!out.exists());
+    }
+    let bad = dir.path().join("bad.tflite");
+    std::fs::write(&bad, &std::fs::read(fixture("mlp.tflite")).unwrap()[..3000]).unwrap();
+    let (code, stdout, stderr) = run(&[
+        "quantize".as_ref(),
+        bad.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--dry-run".as_ref(),
+    ]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains("truncated: the file has 3000 bytes"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("would quantize"), "{stdout}");
+    // Batch: the same three outcomes, each named.
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::copy(fixture("mlp.tflite"), store.join("mlp.tflite")).unwrap();
+    std::fs::copy(fixture("int8.tflite"), store.join("int8.tflite")).unwrap();
+    std::fs::copy(&bad, store.join("bad.tflite")).unwrap();
+    let outdir = dir.path().join("out");
+    let (code, stdout, stderr) = run(&[
+        "quantize".as_ref(),
+        store.as_os_str(),
+        "-o".as_ref(),
+        outdir.as_os_str(),
+        "--dry-run".as_ref(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(!outdir.exists());
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(row("mlp.tflite").starts_with("would quantize"), "{stdout}");
+    assert!(
+        row("int8.tflite").starts_with("would be unchanged"),
+        "{stdout}"
+    );
+    assert!(row("bad.tflite").starts_with("FAILED"), "{stdout}");
+    assert!(row("bad.tflite").contains("truncated"), "{stdout}");
+}
+
+/// Item 12 (part): one tensor is "1 tensor" in the gate message and the per-channel lines.
+#[test]
+fn one_tensor_is_singular() {
+    // mlp has two weights; with --min-elements above the smaller, one is measured.
+    let (code, _, stderr) = run(&[
+        "report".as_ref(),
+        fixture("mlp.tflite").as_os_str(),
+        "--fail-below-sqnr".as_ref(),
+        "200".as_ref(),
+    ]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("of 2 tensors below 200 dB"), "{stderr}");
+    assert!(!stderr.contains("1 tensors"), "{stderr}");
+    for model in all_fixtures() {
+        let (_, stdout, stderr) = run(&[
+            "report".as_ref(),
+            model.as_os_str(),
+            "--granularity".as_ref(),
+            "per-channel".as_ref(),
+        ]);
+        for text in [&stdout, &stderr] {
+            assert!(
+                !text.contains(" 1 tensors") && !text.contains("1 exact tensors"),
+                "{}: {text}",
+                model.display()
+            );
+        }
+    }
+}
