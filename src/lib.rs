@@ -50,7 +50,7 @@ pub use cancel::Cancel;
 pub use error::{Error, ModelError, Result};
 pub use model::Model;
 pub use pipeline::{FileOptions, against_files, quantize_file, read_model, report_file};
-pub use plan::{Granularity, LayoutPolicy, Mode, Options, SkipReason, WeightType};
+pub use plan::{Granularity, LayoutPolicy, Mode, Options, SkipReason, Target, WeightType};
 pub use report::{Report, ReportOptions};
 pub use rewrite::Layout;
 pub use summary::Summary;

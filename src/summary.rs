@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::plan::{Plan, SkipReason};
+use crate::plan::{Plan, SkipReason, Target};
 use crate::rewrite::{Layout, Written};
 use crate::text::{human, ratio};
 
@@ -64,6 +64,8 @@ pub struct SkippedTensor {
 /// The outcome of quantizing one model.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// The runtime the output is made for (`litert` or `micro`).
+    pub target: Target,
     /// False when nothing qualified and the output is the input unchanged.
     pub changed: bool,
     /// Size of the input file.
@@ -181,6 +183,7 @@ impl Summary {
         };
         let input_bytes = model.bytes().len() as u64;
         Summary {
+            target: plan.target(),
             changed: written.is_some(),
             input_bytes,
             output_bytes: written.map_or(input_bytes, |w| w.len),
@@ -224,6 +227,14 @@ impl std::fmt::Display for Summary {
                 "nothing to quantize: no float32 weight tensor qualifies; output is the input unchanged"
             )?;
         }
+        writeln!(
+            f,
+            "target:   {}",
+            match self.target {
+                Target::Litert => "litert (LiteRT / TensorFlow Lite)",
+                Target::Micro => "micro (TensorFlow Lite Micro: per-tensor int8 behind DEQUANTIZE)",
+            }
+        )?;
         writeln!(
             f,
             "tensors:  {} quantized, {} skipped",

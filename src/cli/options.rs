@@ -1,6 +1,6 @@
 //! The quantization flags shared by `quantize` and `report`, turned into library options.
 
-use crate::{Granularity, LayoutPolicy, Mode, Options, WeightType};
+use crate::{Granularity, LayoutPolicy, Mode, Options, Target, WeightType};
 use anyhow::{Result, bail};
 
 /// Which tensors to quantize, and how.
@@ -46,6 +46,17 @@ pub struct QuantArgs {
     /// the file would pass 2 GiB) or `external` (always after the flatbuffer).
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     layout: LayoutArg,
+    /// The runtime the model must compute right on: `litert` (LiteRT / TensorFlow Lite, every
+    /// option) or `micro` (TensorFlow Lite Micro: per-tensor int8 behind DEQUANTIZE only;
+    /// --mode dynamic, --granularity per-channel and --type float16 are refused).
+    #[arg(long, value_enum, default_value_t = TargetArg::Litert)]
+    target: TargetArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TargetArg {
+    Litert,
+    Micro,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -105,7 +116,7 @@ impl QuantArgs {
                 anyhow::anyhow!("--exclude-tensors: invalid regular expression: {e}")
             })?),
         };
-        Ok(Options {
+        let options = Options {
             min_elements: self.min_elements,
             layout: match self.layout {
                 LayoutArg::Auto => LayoutPolicy::Auto,
@@ -122,6 +133,14 @@ impl QuantArgs {
             exclude_ops: op_codes(&self.exclude_ops, "--exclude-ops")?,
             exclude_tensors,
             quantize_biases: self.quantize_biases,
-        })
+            target: match self.target {
+                TargetArg::Litert => Target::Litert,
+                TargetArg::Micro => Target::Micro,
+            },
+        };
+        if let Some(why) = options.target_conflict() {
+            bail!("{why}");
+        }
+        Ok(options)
     }
 }
