@@ -33,6 +33,7 @@ pub mod equalize;
 pub mod error;
 pub mod inspect;
 pub mod io;
+pub mod micro;
 pub mod model;
 pub mod ops;
 pub mod pipeline;

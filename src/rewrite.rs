@@ -166,7 +166,10 @@ fn place_dequantizes(
         before[first_reader.get(&t).copied().unwrap_or(n)].push(dq);
     }
     let mut out = Vec::with_capacity(n + before.iter().map(Vec::len).sum::<usize>());
-    for (slot, op) in before.iter_mut().zip(operators.into_iter().map(Some).chain([None])) {
+    for (slot, op) in before
+        .iter_mut()
+        .zip(operators.into_iter().map(Some).chain([None]))
+    {
         out.append(slot);
         out.extend(op);
     }

@@ -26,7 +26,8 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// Interrupted (Ctrl-C); no partial output was left behind.
     pub const INTERRUPTED: i32 = 130;
-    /// A quality gate (e.g. `--fail-below-sqnr`) was not met; the report was still printed.
+    /// A quality gate (e.g. `--fail-below-sqnr`, `inspect --target micro`) was not met; the
+    /// report was still printed.
     pub const GATE: i32 = 3;
 }
 
@@ -36,7 +37,8 @@ Exit codes:
   1    a model or file could not be processed; the message names it and says why
        (in a batch: some failed, every other one was processed)
   2    invalid command line (also: an output folder that is the input folder)
-  3    a quality gate (--fail-below-sqnr) was not met
+  3    a quality gate was not met: --fail-below-sqnr, or `inspect --target micro`
+       found what TensorFlow Lite Micro would refuse or compute wrongly
   130  interrupted: no file is started after Ctrl-C, none is left partial";
 
 /// Quantize the float32 weights of TensorFlow Lite models to int8.
@@ -51,6 +53,7 @@ struct Cli {
 enum Command {
     #[command(after_help = EXIT_CODES)]
     Quantize(quantize::Args),
+    #[command(after_help = EXIT_CODES)]
     Inspect(inspect::Args),
     Report(report::Args),
 }

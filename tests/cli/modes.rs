@@ -219,7 +219,11 @@ fn the_summary_states_the_target() {
     for (flags, want, text) in [
         (&[][..], "litert", "target:   litert"),
         (&["--target", "micro"][..], "micro", "target:   micro"),
-        (&["--target", "micro", "--symmetric"][..], "micro", "target:   micro"),
+        (
+            &["--target", "micro", "--symmetric"][..],
+            "micro",
+            "target:   micro",
+        ),
     ] {
         let run = |extra: &[&str]| {
             tflq()

@@ -129,7 +129,10 @@ pub fn check_weight_only(input: &[u8], output: &[u8], want: &BTreeSet<(usize, us
         let mut twins = BTreeSet::new();
         for (p, op) in ob.iter().enumerate().filter(|(_, o)| is_new(o)) {
             let twin_index = op.inputs.as_ref().unwrap()[0] as usize;
-            assert!(twin_index < tb.len() && twins.insert(twin_index), "one DEQUANTIZE per twin");
+            assert!(
+                twin_index < tb.len() && twins.insert(twin_index),
+                "one DEQUANTIZE per twin"
+            );
             assert_eq!(op.outputs.as_ref().map(Vec::len), Some(1));
             let out = op.outputs.as_ref().unwrap()[0];
             // The next old operator (or the end) is the first one that reads the tensor.

@@ -181,3 +181,58 @@ def test_dequantize_before_reader_shrinks_tflm_arena(name, tmp_path, capsys):
     assert placed["total"] <= first["total"] - sizes[0], (placed, first, sizes)
     # And nothing beyond the float activations' arena plus the two largest weights.
     assert placed["head"] <= float_arena["head"] + sizes[-1] + sizes[-2] + 64 * len(sizes), (placed, float_arena)
+
+
+# ------------------------------------------------- tflq inspect --target micro, judged by TFLM
+
+INSPECT_FLAGS = {
+    "as-is": None,
+    "default": (),
+    "micro": ("--target", "micro"),
+    "per-channel": ("--granularity", "per-channel"),
+    "dynamic": ("--mode", "dynamic"),
+    "float16": ("--type", "float16"),
+}
+INSPECT_CASES = [(e["file"], k) for e in FLOAT_ENTRIES + [x for x in __import__("test_oracle").OTHER_ENTRIES]
+                 for k in INSPECT_FLAGS if k == "as-is" or e["kind"] == "float"]
+
+
+def loads_in_tflm(raw: bytes) -> bool:
+    try:
+        micro.interpreter(raw)
+        return True
+    except Exception:  # noqa: BLE001 - TFLM raises RuntimeError
+        return False
+
+
+def tflm_verdict(raw: bytes, entry: dict) -> str:
+    """'ok' when TFLM loads the model and computes subgraph 0 as LiteRT does, 'refused' or
+    'wrong' otherwise."""
+    if not loads_in_tflm(raw):
+        return "refused"
+    xs = feeds(raw, entry, 0)
+    same = all(sqnr_db(a.astype(np.float64), b.astype(np.float64)) >= MIN_TFLM_VS_LITERT_DB
+               for a, b in zip(litert_run(raw, xs, False), micro.run(raw, xs)))
+    return "ok" if same else "wrong"
+
+
+@pytest.mark.parametrize("case", INSPECT_CASES, ids=[f"{f.removesuffix('.tflite')}-{k}" for f, k in INSPECT_CASES])
+def test_inspect_target_micro_agrees_with_tflm(case, quantize):
+    file, kind = case
+    entry = next(e for e in __import__("test_oracle").ENTRIES if e["file"] == file)
+    path = FIXTURES / file if INSPECT_FLAGS[kind] is None else quantize(file, *INSPECT_FLAGS[kind])
+    if entry["kind"] == "float" and not loads_in_tflm((FIXTURES / file).read_bytes()):
+        pytest.skip("TFLM lacks an operator of the float model (sparse.tflite: DENSIFY)")
+    verdict = tflm_verdict(path.read_bytes(), entry)
+    proc = subprocess.run([str(TFLQ), "inspect", "--target", "micro", "--json", str(path)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode in (0, 3), proc.stderr
+    issues = __import__("json").loads(proc.stdout)["target_issues"]
+    assert (proc.returncode == 3) == bool(issues)
+    if verdict == "ok":
+        assert not issues, issues
+    else:
+        assert issues, f"TFLM: {verdict}, inspect found nothing"
+        severities = {i["severity"] for i in issues}
+        # A refused model is named refused; a silently wrong one, wrong.
+        assert verdict in severities, (verdict, issues)
