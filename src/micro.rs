@@ -190,3 +190,91 @@ pub fn check(model: &Model<'_>) -> Vec<MicroIssue> {
     }
     out
 }
+
+/// Bytes of TFLM's arena that its greedy memory planner gives the tensors of subgraph 0 (the
+/// "head" that `print_allocations` reports; TFLM adds a few KB of persistent structures),
+/// computed the way TFLM plans: every non-constant tensor lives from the operator that
+/// writes it (subgraph inputs: from the start) to its last reader (subgraph outputs: to the
+/// end), sizes rounded up to 16 bytes; largest first, each at the lowest offset that does not
+/// overlap a placed tensor alive at the same time.
+///
+/// `restored`: constant tensors of subgraph 0 that a DEQUANTIZE placed right before their
+/// first reader will restore (what tflq writes), counted as arena tensors from there on.
+/// `None` for models with several subgraphs (control flow: TFLM plans those otherwise),
+/// variable tensors (recurrent ops, whose kernels also ask for scratch buffers: measured 768
+/// bytes more on lstm.tflite) or tensors whose size does not follow from their shape.
+pub fn planned_arena(model: &Model<'_>, restored: &[usize]) -> Option<u64> {
+    let [sg] = model.subgraphs() else {
+        return None;
+    };
+    if sg.tensors.iter().any(|t| t.is_variable) {
+        return None;
+    }
+    // Times: operator i runs at 2i + 1; a DEQUANTIZE placed before operator r runs at 2r.
+    let n = sg.ops.len();
+    let end = 2 * n + 1;
+    let mut life: Vec<Option<(usize, usize)>> = vec![None; sg.tensors.len()];
+    let is_restored = |t: usize| restored.contains(&t);
+    let constant =
+        |t: usize| !model.buffer_data(sg.tensors[t].buffer).is_empty() && !is_restored(t);
+    let index = |t: i32| usize::try_from(t).ok().filter(|&t| t < sg.tensors.len());
+    for &t in &sg.inputs {
+        if let Some(t) = index(t) {
+            life[t] = Some((0, 0));
+        }
+    }
+    for (i, o) in sg.ops.iter().enumerate() {
+        let now = 2 * i + 1;
+        for t in o.inputs.iter().filter_map(|&t| index(t)) {
+            if constant(t) {
+                continue;
+            }
+            match &mut life[t] {
+                Some((_, last)) => *last = (*last).max(now),
+                None if is_restored(t) => life[t] = Some((now - 1, now)),
+                None => {}
+            }
+        }
+        for t in o.outputs.iter().filter_map(|&t| index(t)) {
+            life[t].get_or_insert((now, now));
+        }
+    }
+    for &t in &sg.outputs {
+        if let Some(t) = index(t) {
+            let l = life[t].get_or_insert((end - 1, end));
+            l.1 = end;
+        }
+    }
+    let mut tensors = Vec::new();
+    for (t, l) in life.iter().enumerate() {
+        let Some((first, last)) = *l else { continue };
+        let x = &sg.tensors[t];
+        if x.shape.iter().any(|&d| d < 0) {
+            return None;
+        }
+        let bytes = x.dtype.size()?.checked_mul(x.elements)?.div_ceil(16) * 16;
+        tensors.push((bytes, first, last));
+    }
+    // Largest first; ties in tensor order (a stable sort), as TFLM does.
+    tensors.sort_by_key(|&(bytes, _, _)| std::cmp::Reverse(bytes));
+    let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new();
+    let mut top = 0;
+    for (bytes, first, last) in tensors {
+        let mut busy: Vec<(u64, u64)> = placed
+            .iter()
+            .filter(|p| !(p.3 < first || p.2 > last))
+            .map(|p| (p.0, p.0 + p.1))
+            .collect();
+        busy.sort_unstable();
+        let mut offset = 0;
+        for (lo, hi) in busy {
+            if offset + bytes <= lo {
+                break;
+            }
+            offset = offset.max(hi);
+        }
+        placed.push((offset, bytes, first, last));
+        top = top.max(offset + bytes);
+    }
+    Some(top)
+}

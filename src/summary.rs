@@ -61,11 +61,24 @@ pub struct SkippedTensor {
     pub detail: String,
 }
 
+/// TFLM's arena for the planned tensors (`--target micro`), computed as its greedy planner
+/// does ([`crate::micro::planned_arena`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Arena {
+    /// Bytes for the float model.
+    pub float_bytes: u64,
+    /// Bytes for the output (dequantized weights are arena tensors).
+    pub quantized_bytes: u64,
+}
+
 /// The outcome of quantizing one model.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     /// The runtime the output is made for (`litert` or `micro`).
     pub target: Target,
+    /// With `--target micro`: TFLM's arena before and after (`null` for models with several
+    /// subgraphs, or other targets).
+    pub arena: Option<Arena>,
     /// False when nothing qualified and the output is the input unchanged.
     pub changed: bool,
     /// Size of the input file.
@@ -182,8 +195,24 @@ impl Summary {
             0
         };
         let input_bytes = model.bytes().len() as u64;
+        let arena = (plan.target() == Target::Micro)
+            .then(|| {
+                let restored: Vec<usize> = plan
+                    .jobs()
+                    .iter()
+                    .flat_map(|j| &j.users)
+                    .filter(|u| u.dequantize && u.tensor.subgraph == 0)
+                    .map(|u| u.tensor.tensor)
+                    .collect();
+                Some(Arena {
+                    float_bytes: crate::micro::planned_arena(model, &[])?,
+                    quantized_bytes: crate::micro::planned_arena(model, &restored)?,
+                })
+            })
+            .flatten();
         Summary {
             target: plan.target(),
+            arena,
             changed: written.is_some(),
             input_bytes,
             output_bytes: written.map_or(input_bytes, |w| w.len),
@@ -263,6 +292,15 @@ impl std::fmt::Display for Summary {
                 ""
             }
         )?;
+        if let Some(a) = &self.arena {
+            writeln!(
+                f,
+                "arena:    {} -> {} ({}), TFLM's planned tensors (greedy, as TFLM plans them)",
+                human(a.float_bytes),
+                human(a.quantized_bytes),
+                ratio(a.quantized_bytes, a.float_bytes)
+            )?;
+        }
         if let Some(w) = self.worst() {
             let sqnr = w
                 .sqnr_db

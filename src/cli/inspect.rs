@@ -41,12 +41,16 @@ struct WithTarget<'a> {
     target: &'static str,
     /// What the target would refuse or compute wrongly.
     target_issues: &'a [crate::micro::MicroIssue],
+    /// TFLM's arena for the planned tensors (`null` for several subgraphs).
+    arena_bytes: Option<u64>,
 }
 
 pub fn run(args: Args) -> Result<i32> {
     let (inspection, issues) = crate::read_model(&args.model, |m| {
         let issues = match args.target {
-            Some(TargetArg::Micro) => Some(crate::micro::check(m)),
+            Some(TargetArg::Micro) => {
+                Some((crate::micro::check(m), crate::micro::planned_arena(m, &[])))
+            }
             _ => None,
         };
         (crate::inspect::inspect(m), issues)
@@ -54,12 +58,13 @@ pub fn run(args: Args) -> Result<i32> {
     let mut out = std::io::stdout().lock();
     if args.json {
         match &issues {
-            Some(list) => serde_json::to_writer_pretty(
+            Some((list, arena)) => serde_json::to_writer_pretty(
                 &mut out,
                 &WithTarget {
                     inspection: &inspection,
                     target: "micro",
                     target_issues: list,
+                    arena_bytes: *arena,
                 },
             )?,
             None => serde_json::to_writer_pretty(&mut out, &inspection)?,
@@ -68,7 +73,18 @@ pub fn run(args: Args) -> Result<i32> {
     } else {
         writeln!(out, "{}", args.model.display())?;
         write!(out, "{inspection}")?;
-        if let Some(list) = &issues {
+        if let Some((list, arena)) = &issues {
+            match arena {
+                Some(a) => writeln!(
+                    out,
+                    "arena:       {} ({a} bytes) for TFLM's planned tensors (greedy, as TFLM plans them)",
+                    crate::text::human(*a)
+                )?,
+                None => writeln!(
+                    out,
+                    "arena:       not computed (several subgraphs, or tensors of unknown size)"
+                )?,
+            }
             if list.is_empty() {
                 writeln!(
                     out,
@@ -88,7 +104,7 @@ pub fn run(args: Args) -> Result<i32> {
     }
     out.flush()?;
     Ok(match issues {
-        Some(list) if !list.is_empty() => exit::GATE,
+        Some((list, _)) if !list.is_empty() => exit::GATE,
         _ => exit::OK,
     })
 }

@@ -236,3 +236,32 @@ def test_inspect_target_micro_agrees_with_tflm(case, quantize):
         severities = {i["severity"] for i in issues}
         # A refused model is named refused; a silently wrong one, wrong.
         assert verdict in severities, (verdict, issues)
+
+
+# ------------------------------------------- the arena tflq computes equals TFLM's own figure
+
+def single_subgraph(path) -> bool:
+    return len(Model(path).m.subgraphs) == 1
+
+
+ARENA_CASES = [e["file"] for e in MICRO_ENTRIES if single_subgraph(FIXTURES / e["file"])] + ["kws"]
+
+
+@pytest.mark.parametrize("name", ARENA_CASES)
+def test_arena_figures_equal_tflm_print_allocations(name, tmp_path):
+    src = micro.kws_model(tmp_path / "kws.tflite") if name == "kws" else FIXTURES / name
+    out = tmp_path / "q.tflite"
+    proc = subprocess.run([str(TFLQ), "quantize", str(src), "-o", str(out), "--target", "micro", "--json"],
+                          capture_output=True, text=True, check=True)
+    arena = __import__("json").loads(proc.stdout)["arena"]
+    if name == "lstm.tflite":
+        # Variable tensors and the LSTM kernel's scratch buffers: not computed, rather than wrong.
+        assert arena is None
+        return
+    assert arena["float_bytes"] == micro.allocations(src.read_bytes())["head"]
+    assert arena["quantized_bytes"] == micro.allocations(out.read_bytes())["head"]
+    for path in (src, out):
+        j = subprocess.run([str(TFLQ), "inspect", "--target", "micro", "--json", str(path)],
+                           capture_output=True, text=True, check=False)
+        assert j.returncode == 0, j.stdout[-2000:]
+        assert __import__("json").loads(j.stdout)["arena_bytes"] == micro.allocations(path.read_bytes())["head"]
