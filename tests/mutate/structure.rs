@@ -112,10 +112,9 @@ pub fn check_weight_only(input: &[u8], output: &[u8], want: &BTreeSet<(usize, us
         );
         let is_new = |op: &fb::OperatorT| {
             op.opcode_index as usize == dq
-                && op
-                    .inputs
-                    .as_deref()
-                    .is_some_and(|i| i.len() == 1 && i[0] as usize >= ta.len())
+                && op.inputs.as_deref().is_some_and(|i| {
+                    i.len() == 1 && usize::try_from(i[0]).is_ok_and(|t| t >= ta.len())
+                })
         };
         let old_ops: Vec<fb::OperatorT> = ob.iter().filter(|o| !is_new(o)).cloned().collect();
         assert_eq!(
