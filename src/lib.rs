@@ -33,6 +33,7 @@ pub mod equalize;
 pub mod error;
 pub mod inspect;
 pub mod io;
+pub mod micro;
 pub mod model;
 pub mod ops;
 pub mod pipeline;
@@ -50,7 +51,9 @@ pub use cancel::Cancel;
 pub use error::{Error, ModelError, Result};
 pub use model::Model;
 pub use pipeline::{FileOptions, against_files, quantize_file, read_model, report_file};
-pub use plan::{Granularity, LayoutPolicy, Mode, Options, RangeMethod, SkipReason, WeightType};
+pub use plan::{
+    Granularity, LayoutPolicy, Mode, Options, RangeMethod, SkipReason, Target, WeightType,
+};
 pub use report::{Report, ReportOptions};
 pub use rewrite::Layout;
 pub use summary::Summary;

@@ -174,6 +174,37 @@ fn too_big(what: &str) -> Error {
     .into()
 }
 
+/// The operators with each DEQUANTIZE `(output, op)` placed right before the first operator
+/// that reads its output (in `dequantizes` order among those of one reader), or at the end
+/// when only the subgraph's outputs read it. A float weight then takes memory only from its
+/// first reader on, so an arena planner such as TFLite Micro's can reuse the space between
+/// layers instead of holding every dequantized weight from the start.
+fn place_dequantizes(
+    operators: Vec<fb::OperatorT>,
+    dequantizes: Vec<(i32, fb::OperatorT)>,
+) -> Vec<fb::OperatorT> {
+    let mut first_reader: std::collections::HashMap<i32, usize> = Default::default();
+    for (oi, o) in operators.iter().enumerate().rev() {
+        for &t in o.inputs.iter().flatten() {
+            first_reader.insert(t, oi);
+        }
+    }
+    let n = operators.len();
+    let mut before: Vec<Vec<fb::OperatorT>> = (0..=n).map(|_| Vec::new()).collect();
+    for (t, dq) in dequantizes {
+        before[first_reader.get(&t).copied().unwrap_or(n)].push(dq);
+    }
+    let mut out = Vec::with_capacity(n + before.iter().map(Vec::len).sum::<usize>());
+    for (slot, op) in before
+        .iter_mut()
+        .zip(operators.into_iter().map(Some).chain([None]))
+    {
+        out.append(slot);
+        out.extend(op);
+    }
+    out
+}
+
 fn build_skeleton(
     model: &Model<'_>,
     plan: &Plan<'_>,
@@ -273,7 +304,7 @@ fn build_skeleton(
             dq.opcode_index = dequantize;
             dq.inputs = Some(vec![index]);
             dq.outputs = Some(vec![ti as i32]);
-            new_ops.push(dq);
+            new_ops.push((ti as i32, dq));
         }
         for (h, spec) in plan.hybrid_ops().range(
             crate::model::OpRef {
@@ -291,8 +322,7 @@ fn build_skeleton(
             }
         }
         if !new_ops.is_empty() {
-            new_ops.append(operators);
-            *operators = new_ops;
+            *operators = place_dequantizes(std::mem::take(operators), new_ops);
         }
         for o in sg.operators.iter_mut().flatten() {
             inline_large_custom_options(model, o)?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::plan::{Plan, RangeMethod, SkipReason};
+use crate::plan::{Plan, RangeMethod, SkipReason, Target};
 use crate::rewrite::{Layout, Written};
 use crate::text::{human, ratio};
 
@@ -75,9 +75,24 @@ pub struct SkippedTensor {
     pub detail: String,
 }
 
+/// TFLM's arena for the planned tensors (`--target micro`), computed as its greedy planner
+/// does ([`crate::micro::planned_arena`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Arena {
+    /// Bytes for the float model.
+    pub float_bytes: u64,
+    /// Bytes for the output (dequantized weights are arena tensors).
+    pub quantized_bytes: u64,
+}
+
 /// The outcome of quantizing one model.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// The runtime the output is made for (`litert` or `micro`).
+    pub target: Target,
+    /// With `--target micro`: TFLM's arena before and after (`null` for models with several
+    /// subgraphs, or other targets).
+    pub arena: Option<Arena>,
     /// False when nothing qualified and the output is the input unchanged.
     pub changed: bool,
     /// Size of the input file.
@@ -213,7 +228,24 @@ impl Summary {
             0
         };
         let input_bytes = model.bytes().len() as u64;
+        let arena = (plan.target() == Target::Micro)
+            .then(|| {
+                let restored: Vec<usize> = plan
+                    .jobs()
+                    .iter()
+                    .flat_map(|j| &j.users)
+                    .filter(|u| u.dequantize && u.tensor.subgraph == 0)
+                    .map(|u| u.tensor.tensor)
+                    .collect();
+                Some(Arena {
+                    float_bytes: crate::micro::planned_arena(model, &[])?,
+                    quantized_bytes: crate::micro::planned_arena(model, &restored)?,
+                })
+            })
+            .flatten();
         Summary {
+            target: plan.target(),
+            arena,
             changed: written.is_some(),
             input_bytes,
             output_bytes: written.map_or(input_bytes, |w| w.len),
@@ -258,6 +290,14 @@ impl std::fmt::Display for Summary {
                 "nothing to quantize: no float32 weight tensor qualifies; output is the input unchanged"
             )?;
         }
+        writeln!(
+            f,
+            "target:   {}",
+            match self.target {
+                Target::Litert => "litert (LiteRT / TensorFlow Lite)",
+                Target::Micro => "micro (TensorFlow Lite Micro: per-tensor int8 behind DEQUANTIZE)",
+            }
+        )?;
         writeln!(
             f,
             "tensors:  {} quantized, {} skipped",
@@ -335,6 +375,15 @@ impl std::fmt::Display for Summary {
                 "range:    mse, narrower than min-max in {narrowed} of {} tensors (gain up to {gain:.1} dB, at most {:.2}% of values clipped)",
                 searched.len(),
                 100.0 * clipped
+            )?;
+        }
+        if let Some(a) = &self.arena {
+            writeln!(
+                f,
+                "arena:    {} -> {} ({}), TFLM's planned tensors (greedy, as TFLM plans them)",
+                human(a.float_bytes),
+                human(a.quantized_bytes),
+                ratio(a.quantized_bytes, a.float_bytes)
             )?;
         }
         if let Some(w) = self.worst() {

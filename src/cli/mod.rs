@@ -26,7 +26,8 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// Interrupted (Ctrl-C); no partial output was left behind.
     pub const INTERRUPTED: i32 = 130;
-    /// A quality gate (e.g. `--fail-below-sqnr`) was not met; the report was still printed.
+    /// A quality gate (e.g. `--fail-below-sqnr`, `inspect --target micro`) was not met; the
+    /// report was still printed.
     pub const GATE: i32 = 3;
     /// A quality gate was asked for but a model had no tensor to measure it on (nothing of
     /// `--against` matched, or nothing would be quantized); the report was still printed.
@@ -39,7 +40,8 @@ Exit codes:
   1    a model or file could not be processed; the message names it and says why
        (in a batch: some failed, every other one was processed)
   2    invalid command line (also: an output folder that is the input folder)
-  3    a quality gate (--fail-below-sqnr) was not met
+  3    a quality gate was not met: --fail-below-sqnr, or `inspect --target micro`
+       found what TensorFlow Lite Micro would refuse or compute wrongly
   4    a quality gate was asked for, but a model had no measured tensor to apply it to
   130  interrupted: no file is started after Ctrl-C, none is left partial";
 

@@ -1,6 +1,6 @@
 //! The quantization flags shared by `quantize` and `report`, turned into library options.
 
-use crate::{Granularity, LayoutPolicy, Mode, Options, RangeMethod, WeightType};
+use crate::{Granularity, LayoutPolicy, Mode, Options, RangeMethod, Target, WeightType};
 use anyhow::{Result, bail};
 
 /// Which tensors to quantize, and how.
@@ -67,12 +67,23 @@ pub struct QuantArgs {
     /// Equalize only and write the float model (to check that equalization keeps outputs).
     #[arg(long)]
     equalize_only: bool,
+    /// The runtime the model must compute right on: `litert` (LiteRT / TensorFlow Lite, every
+    /// option) or `micro` (TensorFlow Lite Micro: per-tensor int8 behind DEQUANTIZE only;
+    /// --mode dynamic, --granularity per-channel and --type float16 are refused).
+    #[arg(long, value_enum, default_value_t = TargetArg::Litert)]
+    target: TargetArg,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum RangeArg {
     Minmax,
     Mse,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TargetArg {
+    Litert,
+    Micro,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -157,7 +168,7 @@ impl QuantArgs {
                 anyhow::anyhow!("--exclude-tensors: invalid regular expression: {e}")
             })?),
         };
-        Ok(Options {
+        let options = Options {
             min_elements: self.min_elements,
             layout: match self.layout {
                 LayoutArg::Auto => LayoutPolicy::Auto,
@@ -178,6 +189,14 @@ impl QuantArgs {
             },
             equalize: !self.no_equalize,
             equalize_only: self.equalize_only,
-        })
+            target: match self.target {
+                TargetArg::Litert => Target::Litert,
+                TargetArg::Micro => Target::Micro,
+            },
+        };
+        if let Some(why) = options.target_conflict() {
+            bail!("{why}");
+        }
+        Ok(options)
     }
 }

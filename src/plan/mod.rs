@@ -59,6 +59,71 @@ pub struct Options {
     pub equalize_only: bool,
     /// Elements per block for [`Granularity::Block`] (32, 64, 128 or 256).
     pub block_size: usize,
+    /// The runtime the output must compute right on.
+    pub target: Target,
+}
+
+impl Options {
+    /// Why these options cannot be honoured on their target, if so.
+    pub fn target_conflict(&self) -> Option<String> {
+        if self.target != Target::Micro {
+            return None;
+        }
+        let why = "TensorFlow Lite Micro computes only per-tensor int8 behind DEQUANTIZE right";
+        if self.mode == Mode::Dynamic {
+            Some(format!(
+                "--target micro cannot take --mode dynamic: TFLM refuses hybrid kernels (float activations, int8 weights); {why}"
+            ))
+        } else if self.granularity == Granularity::PerChannel {
+            Some(format!(
+                "--target micro cannot take --granularity per-channel: TFLM's DEQUANTIZE applies one scale to the whole tensor and computes wrong values; {why}"
+            ))
+        } else if self.layout == LayoutPolicy::External {
+            Some(
+                "--target micro cannot take --layout external: TFLM reads buffers stored after the flatbuffer (offset/size) as garbage".to_owned(),
+            )
+        } else if self.weight_type != WeightType::Int8 {
+            Some(format!(
+                "--target micro needs --type int8: TFLM's DEQUANTIZE takes int8, int16 and uint8 only; {why}"
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The options the planner follows: on TFLM, only what it computes right (per-tensor
+    /// int8 behind DEQUANTIZE), whatever was asked.
+    fn for_target(&self) -> Options {
+        let mut o = self.clone();
+        if o.target == Target::Micro {
+            o.mode = Mode::WeightOnly;
+            o.granularity = Granularity::PerTensor;
+            o.weight_type = WeightType::Int8;
+            o.layout = LayoutPolicy::Auto;
+        }
+        o
+    }
+}
+
+/// The runtime a quantized model is made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// LiteRT (TensorFlow Lite), with or without XNNPACK: every encoding tflq writes.
+    #[default]
+    Litert,
+    /// TensorFlow Lite Micro: per-tensor int8 behind DEQUANTIZE only.
+    Micro,
+}
+
+impl Target {
+    /// The name used on the command line and in summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Litert => "litert",
+            Target::Micro => "micro",
+        }
+    }
 }
 
 /// How the clipping range of int8 weights is chosen.
@@ -105,6 +170,7 @@ impl Default for Options {
             equalize: true,
             equalize_only: false,
             block_size: 32,
+            target: Target::Litert,
         }
     }
 }
@@ -414,9 +480,15 @@ pub struct Plan<'m> {
     /// New float32 data (little-endian) of buffers changed by equalization.
     overrides: BTreeMap<u32, Vec<u8>>,
     equalized_pairs: usize,
+    target: Target,
 }
 
 impl<'m> Plan<'m> {
+    /// The runtime the plan is made for.
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
     /// The model the plan was made for.
     pub fn model(&self) -> &'m Model<'m> {
         self.model
@@ -486,6 +558,7 @@ impl<'m> Plan<'m> {
 /// Decides which buffers to quantize and how. Reads every candidate's data once (in
 /// parallel) to find its range(s) and to rule out NaN and infinities.
 pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
+    let opts = &opts.for_target();
     let readers = Readers::new(model);
     let mut selected = select::select(model, &readers, opts);
     let equalization = if opts.equalize_only
@@ -533,6 +606,7 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
         dequantize_version: routed.dequantize_version,
         equalized_pairs: equalization.pairs.len(),
         overrides,
+        target: opts.target,
     }
 }
 

@@ -255,3 +255,47 @@ fn excluded_and_not_included_operators_are_named() {
             .any(|(_, r)| r.key() == "not_included_op")
     );
 }
+
+#[test]
+fn micro_target_plans_only_per_tensor_int8_behind_dequantize_whatever_is_asked() {
+    for bytes in [MLP, CNN, LSTM] {
+        let model = Model::parse(bytes).unwrap();
+        for opts in [
+            dynamic(),
+            Options {
+                granularity: Granularity::PerChannel,
+                ..Options::default()
+            },
+            Options {
+                weight_type: WeightType::Float16,
+                ..Options::default()
+            },
+        ] {
+            let asked = plan(&model, &opts);
+            let micro = Options {
+                target: Target::Micro,
+                ..opts.clone()
+            };
+            assert!(micro.target_conflict().is_some(), "{opts:?}");
+            let p = plan(&model, &micro);
+            assert_eq!(p.target(), Target::Micro);
+            assert!(p.hybrid_ops().is_empty());
+            // The same tensors as on LiteRT, each per-tensor int8 behind a DEQUANTIZE.
+            assert_eq!(p.jobs().len(), asked.jobs().len());
+            for j in p.jobs() {
+                assert_eq!(j.encoding.name(), "int8", "buffer {}", j.buffer);
+                assert!(j.encoding.per_tensor().is_some());
+                assert!(j.users.iter().all(|u| u.dequantize && u.direct.is_empty()));
+            }
+        }
+    }
+    assert_eq!(
+        Options {
+            target: Target::Micro,
+            symmetric: true,
+            ..Options::default()
+        }
+        .target_conflict(),
+        None
+    );
+}

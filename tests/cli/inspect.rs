@@ -155,3 +155,113 @@ fn a_file_that_is_no_model_is_refused_with_its_name() {
         .stderr(predicates::str::contains("bad.tflite"))
         .stderr(predicates::str::contains("not a TFLite model"));
 }
+
+/// `inspect --target micro`: exit 3 and one line per problem TFLM would have, exit 0 on what it
+/// runs right; the JSON lists the same problems.
+#[test]
+fn inspect_target_micro_lists_what_tflm_refuses_or_computes_wrongly() {
+    let dir = tmp();
+    let quantized = |name: &str, flags: &[&str]| {
+        let out = dir.path().join(format!("{name}.tflite"));
+        tflq()
+            .arg("quantize")
+            .arg(fixture("mlp.tflite"))
+            .arg("-o")
+            .arg(&out)
+            .args(flags)
+            .assert()
+            .success();
+        out
+    };
+    let cases = [
+        // (model, problems, text of each)
+        (
+            quantized("pc", &["--granularity", "per-channel"]),
+            2,
+            "WRONG: subgraph 0 op",
+            "per-channel DEQUANTIZE input (",
+        ),
+        (
+            quantized("dyn", &["--mode", "dynamic"]),
+            2,
+            "refused: subgraph 0 op",
+            "FULLY_CONNECTED, tensor",
+        ),
+        (
+            fixture("float16.tflite"),
+            10,
+            "refused: subgraph 0 op",
+            "DEQUANTIZE input is FLOAT16; TFLM takes INT8, INT16 and UINT8 only",
+        ),
+        (
+            fixture("external_buffers.tflite"),
+            6,
+            "WRONG: subgraph 0, tensor",
+            "offset/size",
+        ),
+    ];
+    for (model, n, head, text) in cases {
+        let out = tflq()
+            .args(["inspect", "--target", "micro"])
+            .arg(&model)
+            .assert()
+            .code(3)
+            .get_output()
+            .stdout
+            .clone();
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("  ") && l.contains(head))
+            .collect();
+        assert_eq!(lines.len(), n, "{}: {out}", model.display());
+        assert!(lines.iter().all(|l| l.contains(text)), "{out}");
+        let j = tflq()
+            .args(["inspect", "--json", "--target", "micro"])
+            .arg(&model)
+            .assert()
+            .code(3)
+            .get_output()
+            .stdout
+            .clone();
+        assert_eq!(json(&j)["target_issues"].as_array().unwrap().len(), n);
+    }
+    for model in [
+        quantized("micro", &["--target", "micro"]),
+        quantized("sym", &["--symmetric"]),
+        fixture("int8.tflite"),
+        fixture("mlp.tflite"),
+    ] {
+        let out = tflq()
+            .args(["inspect", "--target", "micro"])
+            .arg(&model)
+            .assert()
+            .code(0)
+            .get_output()
+            .stdout
+            .clone();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("nothing TensorFlow Lite Micro would refuse")
+        );
+    }
+    // Without --target, nothing is checked: exit 0 on the per-channel model too.
+    tflq()
+        .arg("inspect")
+        .arg(dir.path().join("pc.tflite"))
+        .assert()
+        .code(0);
+    let help = tflq()
+        .args(["inspect", "--help"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(
+        String::from_utf8(help)
+            .unwrap()
+            .contains("inspect --target micro")
+    );
+}

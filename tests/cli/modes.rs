@@ -171,10 +171,26 @@ fn exclusion_rules_name_themselves() {
 fn bad_mode_flags_are_usage_errors() {
     let dir = tmp();
     let out = dir.path().join("o.tflite");
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--mode", "dynamic", "--type", "float16"],
             "needs --type int8",
+        ),
+        (
+            &["--target", "micro", "--mode", "dynamic"],
+            "--target micro cannot take --mode dynamic: TFLM refuses hybrid kernels",
+        ),
+        (
+            &["--target", "micro", "--granularity", "per-channel"],
+            "TFLM's DEQUANTIZE applies one scale to the whole tensor",
+        ),
+        (
+            &["--target", "micro", "--type", "float16"],
+            "--target micro needs --type int8: TFLM's DEQUANTIZE takes int8, int16 and uint8 only",
+        ),
+        (
+            &["--target", "micro", "--layout", "external"],
+            "(offset/size) as garbage",
         ),
         (
             &["--exclude-ops", "NOT_AN_OP"],
@@ -193,6 +209,46 @@ fn bad_mode_flags_are_usage_errors() {
             .code(2)
             .stderr(predicates::str::contains(message));
         assert!(entries(dir.path()).is_empty());
+    }
+}
+
+#[test]
+fn the_summary_states_the_target() {
+    let dir = tmp();
+    let out = dir.path().join("o.tflite");
+    for (flags, want, text) in [
+        (&[][..], "litert", "target:   litert"),
+        (&["--target", "micro"][..], "micro", "target:   micro"),
+        (
+            &["--target", "micro", "--symmetric"][..],
+            "micro",
+            "target:   micro",
+        ),
+    ] {
+        let run = |extra: &[&str]| {
+            tflq()
+                .arg("quantize")
+                .arg(fixture("cnn.tflite"))
+                .arg("-o")
+                .arg(&out)
+                .args(flags)
+                .args(extra)
+                .assert()
+                .success()
+                .get_output()
+                .stdout
+                .clone()
+        };
+        let j = json(&run(&["--json"]));
+        assert_eq!(j["target"], want);
+        if want == "micro" {
+            for q in j["quantized"].as_array().unwrap() {
+                assert_eq!(q["encoding"], "int8", "{q}");
+                assert_eq!(q["hybrid"], false, "{q}");
+            }
+        }
+        let shown = String::from_utf8(run(&[])).unwrap();
+        assert!(shown.contains(text), "{shown}");
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! What the rewrite may change, and how: each quantized tensor lost its buffer (index 0), an
 //! INT8 twin (appended to its subgraph, same shape) holds the codes in the old buffer index,
-//! and a DEQUANTIZE operator from the twin to the tensor comes first in the subgraph; the
+//! and a DEQUANTIZE operator from the twin to the tensor sits right before the first operator
+//! that reads the tensor (at the end when only the subgraph's outputs read it); the
 //! operator codes are the old ones plus one DEQUANTIZE (reused with version >= 2, or
 //! appended). Everything else (metadata, signatures, other tensors, operators, buffers) is
 //! equal object by object, and each code dequantizes to within half a step of its weight.
@@ -109,18 +110,40 @@ pub fn check_weight_only(input: &[u8], output: &[u8], want: &BTreeSet<(usize, us
             oa.len() + added,
             "subgraph {si}: one DEQUANTIZE each"
         );
+        let is_new = |op: &fb::OperatorT| {
+            op.opcode_index as usize == dq
+                && op.inputs.as_deref().is_some_and(|i| {
+                    i.len() == 1 && usize::try_from(i[0]).is_ok_and(|t| t >= ta.len())
+                })
+        };
+        let old_ops: Vec<fb::OperatorT> = ob.iter().filter(|o| !is_new(o)).cloned().collect();
         assert_eq!(
-            &ob[added..],
+            &old_ops[..],
             &oa[..],
-            "subgraph {si}: old operators unchanged, after the new ones"
+            "subgraph {si}: old operators unchanged, in their order"
         );
         assert_eq!((&sa.inputs, &sa.outputs), (&sb.inputs, &sb.outputs));
         assert_eq!(sa.name, sb.name);
         let mut done = BTreeSet::new();
-        for (k, op) in ob[..added].iter().enumerate() {
-            assert_eq!(op.opcode_index as usize, dq);
-            let twin_index = ta.len() + k;
-            assert_eq!(op.inputs.as_deref(), Some(&[twin_index as i32][..]));
+        let mut twins = BTreeSet::new();
+        for (p, op) in ob.iter().enumerate().filter(|(_, o)| is_new(o)) {
+            let twin_index = op.inputs.as_ref().unwrap()[0] as usize;
+            assert!(
+                twin_index < tb.len() && twins.insert(twin_index),
+                "one DEQUANTIZE per twin"
+            );
+            assert_eq!(op.outputs.as_ref().map(Vec::len), Some(1));
+            let out = op.outputs.as_ref().unwrap()[0];
+            // The next old operator (or the end) is the first one that reads the tensor.
+            let next = ob[..p].iter().filter(|o| !is_new(o)).count();
+            let first = oa
+                .iter()
+                .position(|o| o.inputs.as_deref().unwrap_or(&[]).contains(&out))
+                .unwrap_or(oa.len());
+            assert_eq!(
+                next, first,
+                "subgraph {si}: the DEQUANTIZE of tensor {out} sits right before its first reader"
+            );
             let t = op.outputs.as_ref().unwrap()[0] as usize;
             assert!(
                 mine.contains(&t),

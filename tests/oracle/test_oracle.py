@@ -8,7 +8,8 @@ For every fixture in fixtures/manifest.json this runs
 * float fixtures:
   - structure: the model holds DEQUANTIZE ops whose inputs are INT8 constant
     tensors with exactly one scale and one zero point (per-tensor); apart from
-    those DEQUANTIZE ops the operator list is unchanged, and each weight that
+    those DEQUANTIZE ops the operator list is unchanged, each DEQUANTIZE sits right
+    before the first operator that reads its output, and each weight that
     was replaced dequantizes to the original float weight within half a
     quantization step (round to nearest, no clipping) - this catches an
     off-by-one zero point, which costs only a few dB of SQNR;
@@ -308,11 +309,28 @@ def test_structure(entry, quantize):
             assert dst.type == T.FLOAT32 and not quant.data(dst), dst.name
             assert dims(src) == dims(dst), src.name
 
+        check_placement(quant, gq, deq)
         for oo, oq in aligned_ops(orig, go, quant, gq):
             for io, iq in zip(oo.inputs, oq.inputs):
                 if iq in deq:
                     check_roundtrip(orig, go.tensors[io], quant, gq.tensors[deq[iq].inputs[0]])
     assert n_deq > 0, "no DEQUANTIZE of an INT8 constant in the quantized model"
+
+
+def check_placement(quant: Model, g, deq: dict[int, object]):
+    """Each inserted DEQUANTIZE sits right before the first operator that reads its output
+    (among the other operators; at the end when only the subgraph's outputs read it), so that
+    a dequantized weight takes memory only from its first reader on."""
+    inserted = {id(op) for op in deq.values()}
+    others = [op for op in g.operators or [] if id(op) not in inserted]
+    seen = 0
+    for op in g.operators or []:
+        if id(op) not in inserted:
+            seen += 1
+            continue
+        out = op.outputs[0]
+        first = next((i for i, o in enumerate(others) if out in list(o.inputs)), len(others))
+        assert seen == first, f"DEQUANTIZE of tensor {out} at {seen}, its first reader at {first}"
 
 
 def check_roundtrip(orig: Model, t_orig, quant: Model, t_q):
