@@ -48,6 +48,8 @@ const REFINE_SPAN: f64 = 0.12;
 const PER_LEVEL_MAX: i32 = 16;
 /// Candidates measured exactly at the end (besides min-max).
 const EXACT: usize = 4;
+/// Zero points tried first on asymmetric grids (every `ZP_STRIDE`-th, then a local walk).
+const ZP_STRIDE: i32 = 8;
 /// Values per chunk of the parallel histogram pass (a histogram of `BINS` bins each).
 const HIST_CHUNK: usize = 1 << 20;
 
@@ -463,10 +465,6 @@ impl Hist {
         self.under.plus(self.cum[i])
     }
 
-    fn between(&self, lo: f64, hi: f64) -> Sums {
-        self.below(hi).minus(self.below(lo))
-    }
-
     /// Error of the grid `(scale, zero_point)`, level by level. Folded (symmetric) histograms
     /// hold `|x|`: levels `0, s, 2s, ..., qmax s`.
     fn cost_per_level(&self, grid: Grid, scale: f64, zero_point: i32, folded: bool) -> f64 {
@@ -475,20 +473,19 @@ impl Hist {
         } else {
             (grid.qmin() - zero_point, grid.qmax() - zero_point)
         };
+        // Each rounding boundary's sums are looked up once, shared by the two levels it
+        // separates.
         let mut err = 0.0;
+        let mut below_lo = Sums::default();
         for k in first..=last {
             let v = f64::from(k) * scale;
-            let lo = if k == first {
-                f64::NEG_INFINITY
+            let below_hi = if k == last {
+                self.below(f64::INFINITY)
             } else {
-                v - 0.5 * scale
+                self.below(v + 0.5 * scale)
             };
-            let hi = if k == last {
-                f64::INFINITY
-            } else {
-                v + 0.5 * scale
-            };
-            err += self.between(lo, hi).error_at(v);
+            err += below_hi.minus(below_lo).error_at(v);
+            below_lo = below_hi;
         }
         err
     }
@@ -538,12 +535,46 @@ fn score(hist: &Hist, grid: Grid, scales: impl Iterator<Item = f64>, out: &mut V
             });
             continue;
         }
-        for zero_point in grid.qmin()..=grid.qmax() {
-            out.push(Scored {
-                params: Params { scale, zero_point },
-                cost: hist.cost(grid, sd, zero_point, false),
-            });
+        // The cost is close to convex in the zero point (the window slides over the values):
+        // every ZP_STRIDE-th zero point, then a walk from the best one to a local minimum.
+        let cost = |zero_point: i32| hist.cost(grid, sd, zero_point, false);
+        let (qmin, qmax) = (grid.qmin(), grid.qmax());
+        let mut best = (qmin, cost(qmin));
+        let mut zp = qmin;
+        while zp <= qmax {
+            let c = cost(zp);
+            if c < best.1 {
+                best = (zp, c);
+            }
+            zp += ZP_STRIDE;
         }
+        if qmax != best.0 && (qmax - qmin) % ZP_STRIDE != 0 {
+            let c = cost(qmax);
+            if c < best.1 {
+                best = (qmax, c);
+            }
+        }
+        for dir in [-1, 1] {
+            loop {
+                let next = best.0 + dir;
+                if !(qmin..=qmax).contains(&next) {
+                    break;
+                }
+                let c = cost(next);
+                if c < best.1 {
+                    best = (next, c);
+                } else {
+                    break;
+                }
+            }
+        }
+        out.push(Scored {
+            params: Params {
+                scale,
+                zero_point: best.0,
+            },
+            cost: best.1,
+        });
     }
 }
 
