@@ -555,3 +555,64 @@ fn one_tensor_is_singular() {
         }
     }
 }
+
+/// Item 9: an output that is its input is one mistake with one exit code (2, a usage error),
+/// for a file, a file through a link and a folder; every subcommand's `--help` says so.
+#[test]
+fn the_output_being_the_input_is_exit_2_for_files_and_folders() {
+    let dir = tmp();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let model = models.join("m.tflite");
+    std::fs::copy(fixture("mlp.tflite"), &model).unwrap();
+    let link = dir.path().join("link.tflite");
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    let original = std::fs::read(&model).unwrap();
+    let cases: [(&std::path::Path, &std::path::Path); 4] = [
+        (&model, &model),
+        (&model, &link),
+        (&models, &models),
+        (&model, &models), // -o DIR with one file: DIR/m.tflite, the input itself
+    ];
+    for (input, output) in cases {
+        for extra in [&[][..], &["--dry-run"][..]] {
+            let mut args = vec!["quantize".as_ref(), input.as_os_str(), "-o".as_ref()];
+            args.push(output.as_os_str());
+            args.extend(extra.iter().map(std::ffi::OsStr::new));
+            let (code, _, stderr) = run(&args);
+            let what = format!(
+                "{} -o {} {extra:?}: {stderr}",
+                input.display(),
+                output.display()
+            );
+            assert_eq!(code, 2, "{what}");
+            assert!(stderr.contains("--in-place"), "{what}");
+            assert_eq!(std::fs::read(&model).unwrap(), original, "{what}");
+        }
+    }
+    for command in [&[][..], &["quantize"], &["inspect"], &["report"]] {
+        let mut args: Vec<&std::ffi::OsStr> = command.iter().map(|c| c.as_ref()).collect();
+        args.push("--help".as_ref());
+        let (code, stdout, _) = run(&args);
+        assert_eq!(code, 0);
+        let codes = stdout
+            .split("Exit codes:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{stdout}"));
+        for line in ["  0 ", "  1 ", "  2 ", "  3 ", "  4 ", "  130 "] {
+            assert!(codes.contains(line), "{command:?} lacks {line:?}: {codes}");
+        }
+        let two = codes
+            .split("  2 ")
+            .nth(1)
+            .unwrap()
+            .split("  3 ")
+            .next()
+            .unwrap();
+        let two = two.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            two.contains("an output that is its input, a file or a folder"),
+            "{two}"
+        );
+    }
+}
