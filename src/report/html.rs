@@ -377,8 +377,11 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
     if !plotted.is_empty() {
         writeln!(
             out,
-            "<section id=\"plots\">\n<h2>The {} worst tensors</h2>\n<div class=\"plots\">",
-            plotted.len()
+            "<section id=\"plots\">\n<h2>{}</h2>\n<div class=\"plots\">",
+            match plotted.len() {
+                1 => "The worst tensor".to_owned(),
+                n => format!("The {n} worst tensors"),
+            }
         )?;
         for (i, r) in plotted.iter().enumerate() {
             let Some(h) = &r.histograms else { continue };
@@ -390,13 +393,13 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
             writeln!(
                 out,
                 "<figcaption><b>{}</b> SQNR {} dB &middot; subgraph {} tensor {} \
-                 <code>{}</code> &middot; {} elements &middot; scale {} &middot; zero point {}</figcaption>",
+                 <code>{}</code> &middot; {} &middot; scale {} &middot; zero point {}</figcaption>",
                 i + 1,
                 escape(&sqnr_text(r)),
                 r.subgraph,
                 r.tensor,
                 escape(&r.name),
-                r.elements,
+                crate::text::count(r.elements as usize, "element", "elements"),
                 escape(&scale_text(r)),
                 escape(&zero_point_text(r)),
             )?;
