@@ -174,3 +174,32 @@ fn the_extractor_joins_lines_and_honours_its_markers() {
         ]
     );
 }
+
+/// Item 14: the oracle tests run the binary `cargo test` built for these tests (the one
+/// scripts/test.sh points TFLQ_BIN at), and the script builds nothing after `cargo test`.
+#[test]
+fn the_test_script_uses_the_binary_cargo_test_built() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+        let bin = assert_cmd::cargo::cargo_bin("tflq");
+        assert_eq!(
+            bin.canonicalize().unwrap(),
+            repo.join("target/debug/tflq").canonicalize().unwrap()
+        );
+    }
+    let script = std::fs::read_to_string(repo.join("scripts/test.sh")).unwrap();
+    let steps: Vec<&str> = script
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cargo ") || l.contains("pytest"))
+        .collect();
+    let test = steps
+        .iter()
+        .position(|l| l.starts_with("cargo test"))
+        .unwrap();
+    assert!(
+        steps[test + 1..].iter().all(|l| !l.starts_with("cargo ")),
+        "{steps:#?}"
+    );
+    assert!(script.contains("target/debug/tflq"), "{script}");
+}
