@@ -850,3 +850,73 @@ fn a_glob_of_a_models_folder_does_what_the_folder_does() {
     );
     assert!(!stderr.contains("truncated"), "{stderr}");
 }
+
+/// Item 13: every plot of the HTML report names its axes (value, count, error in
+/// quantization steps), has a legend for the bars and the int8 grid's ticks, and draws its
+/// text at 12 pixels or more; the error axis spans half a step either side.
+#[test]
+fn the_html_plots_have_axis_names_a_legend_and_readable_labels() {
+    let dir = tmp();
+    let q = dir.path().join("q.tflite");
+    let html = dir.path().join("r.html");
+    let model = fixture("cnn.tflite");
+    let (code, _, stderr) = run(&[
+        "quantize".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        q.as_os_str(),
+        "-q".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run(&[
+        "report".as_ref(),
+        model.as_os_str(),
+        "--against".as_ref(),
+        q.as_os_str(),
+        "-o".as_ref(),
+        html.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    let svgs: Vec<&str> = page.split("<svg").skip(1).collect();
+    assert!(!svgs.is_empty(), "{page}");
+    let text = regex::Regex::new(r"<text[^>]*>\s*([^<]*?)\s*</text>").unwrap();
+    let size = regex::Regex::new(r#"<text[^>]*font-size="([0-9.]+)""#).unwrap();
+    for svg in svgs {
+        let svg = svg.split("</svg>").next().unwrap();
+        let texts: Vec<&str> = text
+            .captures_iter(svg)
+            .map(|c| c.get(1).unwrap().as_str())
+            .collect();
+        let has = |s: &str| texts.iter().any(|t| t.contains(s));
+        assert!(has("value"), "{texts:?}");
+        assert_eq!(
+            texts.iter().filter(|t| **t == "count").count(),
+            2,
+            "{texts:?}"
+        );
+        assert!(has("in quantization steps"), "{texts:?}");
+        assert!(has("int8 grid: one tick per code"), "{texts:?}");
+        assert!(has("float weights per bin"), "{texts:?}");
+        // The error axis' ticks (the labels with a decimal point after its name) lie within
+        // half a step either side of 0, on both sides.
+        let at = texts
+            .iter()
+            .position(|t| t.contains("in quantization steps"))
+            .unwrap();
+        let ticks: Vec<f64> = texts[at..]
+            .iter()
+            .filter(|t| t.contains('.') && !t.contains(' '))
+            .map(|t| t.parse().unwrap())
+            .collect();
+        assert!(ticks.iter().all(|t| t.abs() <= 0.5), "{ticks:?}");
+        assert!(
+            ticks.iter().any(|&t| t <= -0.2) && ticks.iter().any(|&t| t >= 0.2),
+            "{ticks:?}"
+        );
+        for c in size.captures_iter(svg) {
+            let px: f64 = c[1].parse().unwrap();
+            assert!(px >= 12.0, "{px}-pixel text");
+        }
+    }
+}
