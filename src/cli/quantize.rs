@@ -19,8 +19,10 @@ const BATCH: &str = "Batch (folders or several inputs)";
 /// Every constant FLOAT32 tensor with at least --min-elements elements gets a per-tensor
 /// asymmetric int8 copy (scale = range/255, zero point so that 0.0 is exact) and a DEQUANTIZE
 /// operator that restores the float tensor, so every operator keeps working on every runtime.
-/// Tensors that are variable, sparse, too small, non-finite or share a buffer with a tensor
-/// that cannot be quantized are left as they are; the summary says which and why.
+/// Biases and per-channel vectors of elementwise ops stay float (--quantize-biases), and
+/// consecutive layers are equalized first (cross-layer equalization, --no-equalize). Tensors
+/// that are variable, sparse, too small, non-finite or share a buffer with a tensor that
+/// cannot be quantized are left as they are; the summary says which and why.
 ///
 /// With one input file, OUT is the quantized model. With a folder or several inputs, every
 /// .tflite file found under them (following links, never looping) is quantized in parallel to
