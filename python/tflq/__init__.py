@@ -1,4 +1,4 @@
-"""tflq: quantize the float32 weights of TensorFlow Lite models to int8 (or float16).
+"""tflq: quantize the float32 weights of TensorFlow Lite models (int8, int4, int2 or float16).
 
 The same tool as the ``tflq`` command, as a library::
 
@@ -7,51 +7,6 @@ The same tool as the ``tflq`` command, as a library::
     print(summary.worst_sqnr_db, summary.to_dict()["output_bytes"])
     report = tflq.report("model.tflite")            # what int8 costs each weight tensor
     result = tflq.validate("model.tflite", "model.int8.tflite")  # outputs, in LiteRT
-
-Quantization options (keyword arguments of :func:`quantize`, :func:`quantize_bytes`,
-:func:`quantize_dir` and :func:`report`, named after the command's flags):
-
-min_elements : int, default 1024
-    Leave float32 tensors with fewer elements than this in float (0: quantize all).
-mode : {"weight-only", "dynamic"}, default "weight-only"
-    ``weight-only``: every quantized weight goes through a DEQUANTIZE operator (works for
-    every op). ``dynamic``: ops with hybrid int8 kernels (FULLY_CONNECTED, CONV_2D,
-    DEPTHWISE_CONV_2D, BATCH_MATMUL, EMBEDDING_LOOKUP, LSTM, SVDF, RNN, ...) read the int8
-    weights directly: less memory and faster at run time; weights are symmetric.
-granularity : {"per-tensor", "per-channel", "block"}, default "per-tensor"
-    One scale per tensor, or one per output channel on the axis each op expects (falling
-    back to per-tensor where the op or runtime cannot take it).
-symmetric : bool, default False
-    Symmetric int8 (zero point 0, codes in [-127, 127]) in weight-only mode too.
-type, weight_type : {"int8", "int4", "int2", "float16"}, default "int8"
-    Storage type of the quantized weights (``float16``: half floats behind DEQUANTIZE;
-    values beyond +-65504 are clamped, with a warning). ``type`` is the flag's name,
-    ``weight_type`` the same option under a name that is not a Python builtin.
-include_ops : str or list of str, optional
-    Only quantize weights read solely by these ops (builtin names such as
-    "FULLY_CONNECTED"; a list or one comma-separated string).
-exclude_ops : str or list of str, optional
-    Leave weights read by any of these ops in float.
-exclude_tensors : str, optional
-    Leave weights whose tensor name matches this regular expression in float.
-quantize_biases : bool, default False
-    Also quantize biases and per-channel vectors of elementwise ops (ADD, MUL, PRELU, ...),
-    which stay float by default.
-range : {"minmax", "mse"}, default "minmax"
-    How int8 ranges are chosen: the values' min and max, or the clipping range that
-    minimizes each tensor's (channel's) reconstruction error.
-equalize : bool, default True
-    Cross-layer equalization before per-tensor int8 (``False``: the flag --no-equalize).
-block_size : int, default 32
-    Elements per block with ``granularity="block"`` (int4/int2 only): 32, 64, 128 or 256.
-target : {"litert", "micro"}, default "litert"
-    The runtime the model must compute right on; ``micro`` (TensorFlow Lite Micro) allows
-    per-tensor int8 behind DEQUANTIZE only.
-layout : {"auto", "external"}, default "auto"
-    ``auto``: weight data inline, or after the flatbuffer with offset/size when the file
-    would pass 2 GiB; ``external``: always after the flatbuffer.
-
-Underscores and dashes are interchangeable in the values ("per_channel" = "per-channel").
 
 Errors are exceptions of one family, :class:`tflq.Error`: :class:`tflq.ModelError` (also a
 ``ValueError``) for a bad model, its message naming the file and, where known, the tensor;
@@ -206,6 +161,10 @@ layout : {"auto", "external"}, default "auto"
 
 Underscores and dashes are interchangeable in the values ("per_channel" = "per-channel").
 """
+
+# The module's help lists the options once, from the same text as the functions' help.
+__doc__ = (__doc__ or "") + _OPTIONS_DOC
+
 
 
 def _with_options(f: Callable[..., Any]) -> Callable[..., Any]:
