@@ -37,6 +37,10 @@ pub const VERSION: u32 = 1;
 pub struct PlanFile {
     /// Format version ([`VERSION`]).
     pub tflq_plan: u32,
+    /// Cross-layer equalization of the pairs whose weights are both int8 per-tensor (as the
+    /// run that wrote the plan did; off when absent, and with `--no-equalize`).
+    #[serde(default)]
+    pub equalize: bool,
     /// One entry per weight tensor.
     pub tensors: Vec<Entry>,
 }
@@ -136,6 +140,8 @@ impl Grain {
 #[derive(Debug, Clone)]
 pub struct Assignment {
     entries: BTreeMap<(usize, String), Entry>,
+    /// [`PlanFile::equalize`].
+    pub equalize: bool,
     /// A buffer index that differs from the model's is an error (single models); false in
     /// batches, where the name alone decides.
     pub check_buffers: bool,
@@ -193,6 +199,7 @@ impl Assignment {
         }
         Ok(Assignment {
             entries,
+            equalize: file.equalize,
             check_buffers: true,
         })
     }
@@ -200,6 +207,19 @@ impl Assignment {
     /// The entry of a tensor, if listed.
     pub fn get(&self, subgraph: usize, name: &str) -> Option<&Entry> {
         self.entries.get(&(subgraph, name.to_owned()))
+    }
+
+    /// Whether equalization may rescale the buffer read by `users`: all planned int8
+    /// per-tensor.
+    pub fn equalizes(
+        &self,
+        model: &crate::model::Model<'_>,
+        users: &[crate::model::TensorRef],
+    ) -> bool {
+        users.iter().all(|&u| {
+            self.get(u.subgraph, &model.tensor(u).name)
+                .is_some_and(|e| e.kind == Kind::Int8 && e.granularity == Grain::PerTensor)
+        })
     }
 
     /// Every entry, in (subgraph, name) order.
@@ -494,12 +514,14 @@ pub(super) fn by_sqnr(
 ) -> Result<(super::BufferJob, bool), String> {
     let _ = (model, users);
     let mut tried: Vec<(u64, super::BufferJob, bool)> = Vec::new();
-    for want in target_candidates(opts) {
+    for mut want in target_candidates(opts) {
         let Some(o) = want.options(opts) else {
             continue;
         };
         let (job, clamped) = one(&o);
         let taken = entry_of(0, "", 0, &job.encoding, job.range.is_some());
+        // Hybrid kernels make their weights symmetric: not a fallback of the type.
+        want.symmetric |= taken.symmetric;
         if !want.same_encoding(&taken) || job.fallback.is_some() {
             continue;
         }

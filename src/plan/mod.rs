@@ -547,6 +547,7 @@ impl<'m> Plan<'m> {
         tensors.sort_by(|a, b| (a.subgraph, a.buffer, &a.name).cmp(&(b.subgraph, b.buffer, &b.name)));
         assign::PlanFile {
             tflq_plan: assign::VERSION,
+            equalize: self.equalized_pairs > 0,
             tensors,
         }
     }
@@ -631,10 +632,19 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
     let equalization = if opts.equalize_only
         || (opts.equalize
             && opts.target_sqnr.is_none()
-            && opts.weight_type == WeightType::Int8
-            && opts.granularity == Granularity::PerTensor)
+            && opts.assignment.as_ref().map_or(
+                opts.weight_type == WeightType::Int8
+                    && opts.granularity == Granularity::PerTensor,
+                |a| a.equalize,
+            ))
     {
-        crate::equalize::find_where(model, |b| selected.candidates.contains_key(&b))
+        crate::equalize::find_where(model, |b| {
+            selected.candidates.get(&b).is_some_and(|users| {
+                opts.assignment
+                    .as_ref()
+                    .is_none_or(|a| a.equalizes(model, users))
+            })
+        })
     } else {
         Default::default()
     };
