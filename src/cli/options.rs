@@ -215,7 +215,9 @@ impl QuantArgs {
                 }
             },
             target_sqnr: match self.target_sqnr {
-                Some(db) if !db.is_finite() => bail!("--target-sqnr {db}: must be a finite number of dB"),
+                Some(db) if !db.is_finite() => {
+                    bail!("--target-sqnr {db}: must be a finite number of dB")
+                }
                 other => other,
             },
         };

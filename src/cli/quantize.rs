@@ -201,8 +201,7 @@ fn run_single(args: &Args, opts: &FileOptions) -> Result<i32> {
     };
     if let Some(path) = &args.write_plan {
         let text = serde_json::to_string_pretty(&summary.plan)? + "\n";
-        std::fs::write(path, text)
-            .map_err(|e| crate::Error::io(path, "write the plan", e))?;
+        std::fs::write(path, text).map_err(|e| crate::Error::io(path, "write the plan", e))?;
     }
     // The model is written: its summary is printed even if the report then fails.
     let reported = args.report.as_ref().map(|report| {

@@ -381,11 +381,10 @@ pub(super) fn check_listed(
         if e.kind == Kind::Float32 || candidates.contains(&t) {
             continue;
         }
-        let why = selected
-            .skipped
-            .iter()
-            .find(|(r, _)| *r == t)
-            .map_or_else(|| "it is not a constant weight".to_owned(), |(_, r)| r.to_string());
+        let why = selected.skipped.iter().find(|(r, _)| *r == t).map_or_else(
+            || "it is not a constant weight".to_owned(),
+            |(_, r)| r.to_string(),
+        );
         conflicts.push(format!(
             "subgraph {} tensor {:?}: the plan asks {}, but it cannot be quantized: {why}",
             e.subgraph,

@@ -544,7 +544,8 @@ impl<'m> Plan<'m> {
                 tensors.push(e);
             }
         }
-        tensors.sort_by(|a, b| (a.subgraph, a.buffer, &a.name).cmp(&(b.subgraph, b.buffer, &b.name)));
+        tensors
+            .sort_by(|a, b| (a.subgraph, a.buffer, &a.name).cmp(&(b.subgraph, b.buffer, &b.name)));
         assign::PlanFile {
             tflq_plan: assign::VERSION,
             equalize: self.equalized_pairs > 0,
@@ -633,11 +634,9 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
         || (opts.equalize
             && opts.target_sqnr.is_none()
             && opts.assignment.as_ref().map_or(
-                opts.weight_type == WeightType::Int8
-                    && opts.granularity == Granularity::PerTensor,
+                opts.weight_type == WeightType::Int8 && opts.granularity == Granularity::PerTensor,
                 |a| a.equalize,
-            ))
-    {
+            )) {
         crate::equalize::find_where(model, |b| {
             selected.candidates.get(&b).is_some_and(|users| {
                 opts.assignment

@@ -82,7 +82,9 @@ pub(super) fn users(
                 .iter()
                 .copied()
                 // A plan may give a hybrid reader's weight float16: it goes through DEQUANTIZE.
-                .filter(|&(oi, slot)| job.encoding.codes().is_some() && direct(u.subgraph, oi, slot))
+                .filter(|&(oi, slot)| {
+                    job.encoding.codes().is_some() && direct(u.subgraph, oi, slot)
+                })
                 .collect();
             let is_output = model.subgraphs()[u.subgraph]
                 .outputs
