@@ -63,6 +63,7 @@ fn quant_args(d: &Bound<'_, PyDict>) -> PyResult<QuantArgs> {
         range: get(d, "range")?,
         equalize: get(d, "equalize")?,
         layout: get(d, "layout")?,
+        plan: get(d, "plan")?,
     })
 }
 

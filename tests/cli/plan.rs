@@ -108,7 +108,8 @@ fn plans_the_readers_cannot_take_are_errors_naming_the_tensor_and_the_rule() {
         .as_str()
         .unwrap()
         .to_owned();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, Vec<String>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, Vec<String>)> = vec![
         (
             "block.json",
             Box::new(|v| {
