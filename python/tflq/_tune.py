@@ -3,7 +3,8 @@
 How it works (weight-only mode, every weight behind DEQUANTIZE):
 
 1. The candidate tensors are those the default options quantize (``report --format plan``);
-   each may be int4 per-channel, int8 per-channel or float16 (smallest first; an encoding a
+   each may be int4 per-channel, int8 per-tensor or per-channel, or float16 (smallest first;
+   an encoding a
    tensor's readers cannot take is left out, as the planner says).
 2. Sensitivity: for each tensor and candidate, one model with only that tensor encoded (the
    rest float32) is run on the choosing share of the inputs; the noise power it adds to each
@@ -28,7 +29,12 @@ from ._errors import OptionError, ValidationError
 from . import _validate as V
 
 #: (type, granularity) of the candidate encodings, smallest first.
-CANDIDATES: Tuple[Tuple[str, str], ...] = (("int4", "per-channel"), ("int8", "per-channel"), ("float16", "per-tensor"))
+CANDIDATES: Tuple[Tuple[str, str], ...] = (
+    ("int4", "per-channel"),
+    ("int8", "per-tensor"),
+    ("int8", "per-channel"),
+    ("float16", "per-tensor"),
+)
 
 #: Random input sets when ``inputs`` is None.
 RANDOM_SETS = 10
@@ -155,12 +161,27 @@ def _worst(measured: Dict[Tuple[str, str], Tuple[float, float]]) -> float:
     return min((_sqnr(s, n) for s, n in measured.values()), default=math.inf)
 
 
-def _plan(entries: List[Dict[str, Any]], levels: Dict[int, Tuple[str, str]]) -> Dict[str, Any]:
+def _plan(groups: List[List[Dict[str, Any]]], levels: Dict[int, Tuple[str, str]]) -> Dict[str, Any]:
+    """The plan document: group ``i`` (the tensors reading one buffer) encoded as ``levels[i]``,
+    the rest float32."""
     tensors = []
-    for i, e in enumerate(entries):
+    for i, group in enumerate(groups):
         kind, grain = levels.get(i, ("float32", "per-tensor"))
-        tensors.append({**e, "type": kind, "granularity": grain, "symmetric": False, "range": "minmax"})
+        for e in group:
+            tensors.append({**e, "type": kind, "granularity": grain, "symmetric": False, "range": "minmax"})
     return {"tflq_plan": 1, "equalize": False, "tensors": tensors}
+
+
+def _pareto(options: List[Any]) -> List[Any]:
+    """A tensor's candidates by size, without those no less noisy on every output than a
+    smaller one (no upgrade can gain from them)."""
+    options = sorted(options, key=lambda o: o[1])
+    kept: List[Any] = []
+    for o in options:
+        if any(all(k[2].get(key, 0.0) <= v for key, v in o[2].items()) and o[2] for k in kept):
+            continue
+        kept.append(o)
+    return kept
 
 
 def tune(
@@ -194,7 +215,12 @@ def tune(
         data = f.read()
     runner = _Runner(data, feeds, xnnpack)
     base = json.loads(tflq.report(src, histograms=False, equalize=False)._native.render("plan", 120, 12))
-    entries = [{k: e[k] for k in ("subgraph", "name", "buffer")} for e in base["tensors"] if e["type"] != "float32"]
+    # Tensors that read one buffer (weights shared across subgraphs) share one encoding.
+    by_buffer: Dict[int, List[Dict[str, Any]]] = {}
+    for e in base["tensors"]:
+        if e["type"] != "float32":
+            by_buffer.setdefault(e["buffer"], []).append({k: e[k] for k in ("subgraph", "name", "buffer")})
+    entries = [by_buffer[b] for b in sorted(by_buffer)]
 
     def build(levels: Dict[int, Tuple[str, str]]) -> Tuple[bytes, Dict[str, Any]]:
         out, summary = tflq.quantize_bytes(data, plan=_plan(entries, levels), equalize=False)
@@ -214,10 +240,10 @@ def tune(
                 model, summary = build({i: c})
             except tflq.OptionError:
                 continue  # its readers cannot take this encoding
-            stored = sum(v["bytes"] for k, v in summary["by_encoding"].items() if k != "float32")
+            stored = len(model)  # the whole file: codes, scales and their flatbuffer tables
             noise = {k: v[1] for k, v in runner.noise(model, choosing).items()} if not out_of_time else {}
             mine.append((c, stored, noise))
-        options.append(mine)
+        options.append(_pareto(mine))
     signal = runner.signal(choosing)
 
     level = [0] * len(entries)
@@ -236,18 +262,19 @@ def tune(
             worst_key = min(signal, key=lambda k: _sqnr(signal[k], noise[k]), default=None)
             if worst_key is None or _sqnr(signal[worst_key], noise[worst_key]) >= goal:
                 return
+            # The upgrade (to any larger encoding) removing most noise per byte from the worst output.
             best, best_gain = None, -1.0
             for i, l in enumerate(level):
-                if l + 1 >= len(options[i]):
-                    continue
-                cur, nxt = options[i][l], options[i][l + 1]
-                removed = cur[2].get(worst_key, 0.0) - nxt[2].get(worst_key, 0.0)
-                gain = removed / max(nxt[1] - cur[1], 1)
-                if gain > best_gain:
-                    best, best_gain = i, gain
+                cur = options[i][l] if options[i] else None
+                for j in range(l + 1, len(options[i])):
+                    nxt = options[i][j]
+                    removed = cur[2].get(worst_key, 0.0) - nxt[2].get(worst_key, 0.0)
+                    gain = removed / max(nxt[1] - cur[1], 1)
+                    if gain > best_gain:
+                        best, best_gain = (i, j), gain
             if best is None:
                 return
-            level[best] += 1
+            level[best[0]] = best[1]
 
     goal = float(target_sqnr)
     search(goal)
@@ -270,6 +297,18 @@ def tune(
                 key=lambda i: sum(options[i][level[i]][2].values()),
             )
             level[i] += 1
+    # A uniform scheme that meets the target in fewer bytes (the search is greedy) wins.
+    for c in CANDIDATES[1:]:
+        lv = {}
+        for i, opts in enumerate(options):
+            fits = [o[0] for o in opts if CANDIDATES.index(o[0]) >= CANDIDATES.index(c)]
+            if fits:
+                lv[i] = min(fits, key=CANDIDATES.index)
+        u_model, _ = build(lv)
+        if len(u_model) < len(model):
+            u_db = _worst(runner.noise(u_model, choosing))
+            if u_db >= target_sqnr or (u_db > got and got < target_sqnr):
+                model, chosen, got = u_model, lv, u_db
     held_db = _worst(runner.noise(model, holding)) if holding else None
     tmp = dst + ".tmp"
     with open(tmp, "wb") as f:
@@ -288,9 +327,9 @@ def tune(
         u, _ = tflq.quantize_bytes(data, equalize=False, **opts)
         uniform[name] = {"bytes": len(u), "choosing_sqnr_db": _worst(runner.noise(u, choosing))}
     encodings: Dict[str, int] = {}
-    for i in range(len(entries)):
+    for i, group in enumerate(entries):
         k = "-".join(chosen[i]) if i in chosen else "float32"
-        encodings[k] = encodings.get(k, 0) + 1
+        encodings[k] = encodings.get(k, 0) + len(group)
     return TuneResult(
         {
             "original": src,
@@ -304,7 +343,7 @@ def tune(
             "holdout_sets": holding,
             "bytes": len(model),
             "original_bytes": len(data),
-            "tensors": len(entries),
+            "tensors": sum(len(g) for g in entries),
             "encodings": encodings,
             "uniform": uniform,
             "verify_rounds": rounds,
