@@ -18,20 +18,21 @@ from conftest import FIXTURES
 from ai_edge_litert.interpreter import Interpreter
 
 
-def _inputs(model, n, seed):
+def _signature(model):
     interp = Interpreter(model_path=str(model))
-    details = interp.get_input_details()
+    key = sorted(interp.get_signature_list())[0]
+    return interp.get_signature_runner(key)
+
+
+def _inputs(model, n, seed):
+    details = _signature(model).get_input_details()
     rng = np.random.default_rng(seed)
-    return [{d["name"]: rng.standard_normal(d["shape"]).astype(np.float32) for d in details} for _ in range(n)]
+    return [{k: rng.standard_normal(d["shape"]).astype(np.float32) for k, d in sorted(details.items())} for _ in range(n)]
 
 
 def _run(model, feeds):
-    interp = Interpreter(model_path=str(model))
-    interp.allocate_tensors()
-    for d in interp.get_input_details():
-        interp.set_tensor(d["index"], feeds[d["name"]])
-    interp.invoke()
-    return [np.array(interp.get_tensor(d["index"]), np.float64) for d in interp.get_output_details()]
+    out = _signature(model)(**feeds)
+    return [np.array(out[k], np.float64) for k in sorted(out)]
 
 
 def _worst_sqnr(original, quantized, sets):
@@ -109,5 +110,5 @@ def _random_sets(model, d):
     from tflq import _validate as V
 
     _, graphs = V._load(str(model), "original", True)
-    sets = V.random_inputs(graphs, 10, 0)[""]
+    sets = next(iter(V.random_inputs(graphs, 10, 0).values()))
     return [sets[i] for i in d["choosing_sets"]]
