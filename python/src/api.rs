@@ -28,6 +28,8 @@ pub struct QuantArgs {
     pub quantize_biases: bool,
     pub range: String,
     pub equalize: bool,
+    pub block_size: usize,
+    pub target: String,
     pub layout: String,
     /// A plan document (JSON text), as `--plan` reads it.
     pub plan: Option<String>,
@@ -142,20 +144,20 @@ pub fn options(a: &QuantArgs) -> Res<Options> {
     let weight_type = pick(
         "weight_type",
         &a.weight_type,
-        &[("int8", WeightType::Int8), ("float16", WeightType::Float16)],
+        &[
+            ("int8", WeightType::Int8),
+            ("int4", WeightType::Int4),
+            ("int2", WeightType::Int2),
+            ("float16", WeightType::Float16),
+        ],
     )?;
-    if mode == Mode::Dynamic && weight_type == WeightType::Float16 {
-        return Err(Failure::Usage(
-            "mode='dynamic' needs weight_type='int8': hybrid kernels take int8 weights only".into(),
-        ));
-    }
     let exclude_tensors = match &a.exclude_tensors {
         None => None,
         Some(p) => Some(regex::Regex::new(p).map_err(|e| {
             Failure::Usage(format!("exclude_tensors: invalid regular expression: {e}"))
         })?),
     };
-    Ok(Options {
+    let options = Options {
         min_elements: a.min_elements,
         layout: pick(
             "layout",
@@ -172,8 +174,10 @@ pub fn options(a: &QuantArgs) -> Res<Options> {
             &[
                 ("per-tensor", Granularity::PerTensor),
                 ("per-channel", Granularity::PerChannel),
+                ("block", Granularity::Block),
             ],
         )?,
+        block_size: a.block_size,
         symmetric: a.symmetric,
         weight_type,
         include_ops: op_codes(&a.include_ops, "include_ops")?,
@@ -196,9 +200,22 @@ pub fn options(a: &QuantArgs) -> Res<Options> {
                     .map_err(|e| Failure::Usage(format!("plan: {e}")))?,
             )),
         },
+        target: pick(
+            "target",
+            &a.target,
+            &[
+                ("litert", tflq::Target::Litert),
+                ("micro", tflq::Target::Micro),
+            ],
+        )?,
         // Options the Python API does not name keep the library's defaults.
         ..Options::default()
-    })
+    };
+    // The same check as the command line's, in its words (flags named as the options).
+    match options.conflict() {
+        Some(why) => Err(Failure::Usage(why)),
+        None => Ok(options),
+    }
 }
 
 /// The command's `--json` object of one model: input, output and the summary.

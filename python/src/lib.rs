@@ -62,6 +62,8 @@ fn quant_args(d: &Bound<'_, PyDict>) -> PyResult<QuantArgs> {
         quantize_biases: get(d, "quantize_biases")?,
         range: get(d, "range")?,
         equalize: get(d, "equalize")?,
+        block_size: get(d, "block_size")?,
+        target: get(d, "target")?,
         layout: get(d, "layout")?,
         plan: get(d, "plan")?,
     })

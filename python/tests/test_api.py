@@ -134,12 +134,14 @@ def test_errors(tmp_path):
     with pytest.raises(tflq.ModelError) as e:
         tflq.quantize(bad, tmp_path / "o.tflite")
     assert str(bad) in str(e.value) and isinstance(e.value, ValueError)
-    with pytest.raises(tflq.ModelError, match="file identifier"):
+    with pytest.raises(tflq.ModelError, match="no TFL3 identifier"):
         tflq.quantize_bytes(b"\0" * 64)
     for kwargs, match in [
         ({"mode": "fast"}, "mode"),
         ({"granularity": "per-row"}, "granularity"),
-        ({"type": "int4"}, "weight_type"),
+        ({"type": "int3"}, "weight_type"),
+        ({"granularity": "block"}, "needs --type int4"),
+        ({"target": "micro", "granularity": "per-channel"}, "TFLM"),
         ({"mode": "dynamic", "type": "float16"}, "int8"),
         ({"exclude_tensors": "("}, "regular expression"),
         ({"include_ops": ["NOT_AN_OP"]}, "NOT_AN_OP"),

@@ -18,12 +18,12 @@ mode : {"weight-only", "dynamic"}, default "weight-only"
     every op). ``dynamic``: ops with hybrid int8 kernels (FULLY_CONNECTED, CONV_2D,
     DEPTHWISE_CONV_2D, BATCH_MATMUL, EMBEDDING_LOOKUP, LSTM, SVDF, RNN, ...) read the int8
     weights directly: less memory and faster at run time; weights are symmetric.
-granularity : {"per-tensor", "per-channel"}, default "per-tensor"
+granularity : {"per-tensor", "per-channel", "block"}, default "per-tensor"
     One scale per tensor, or one per output channel on the axis each op expects (falling
     back to per-tensor where the op or runtime cannot take it).
 symmetric : bool, default False
     Symmetric int8 (zero point 0, codes in [-127, 127]) in weight-only mode too.
-type, weight_type : {"int8", "float16"}, default "int8"
+type, weight_type : {"int8", "int4", "int2", "float16"}, default "int8"
     Storage type of the quantized weights (``float16``: half floats behind DEQUANTIZE;
     values beyond +-65504 are clamped, with a warning). ``type`` is the flag's name,
     ``weight_type`` the same option under a name that is not a Python builtin.
@@ -42,6 +42,11 @@ range : {"minmax", "mse"}, default "minmax"
     minimizes each tensor's (channel's) reconstruction error.
 equalize : bool, default True
     Cross-layer equalization before per-tensor int8 (``False``: the flag --no-equalize).
+block_size : int, default 32
+    Elements per block with ``granularity="block"`` (int4/int2 only): 32, 64, 128 or 256.
+target : {"litert", "micro"}, default "litert"
+    The runtime the model must compute right on; ``micro`` (TensorFlow Lite Micro) allows
+    per-tensor int8 behind DEQUANTIZE only.
 layout : {"auto", "external"}, default "auto"
     ``auto``: weight data inline, or after the flatbuffer with offset/size when the file
     would pass 2 GiB; ``external``: always after the flatbuffer.
@@ -127,6 +132,8 @@ _DEFAULTS: Dict[str, Any] = {
     "quantize_biases": False,
     "range": "minmax",
     "equalize": True,
+    "block_size": 32,
+    "target": "litert",
     "layout": "auto",
     "plan": None,
 }
@@ -151,11 +158,11 @@ def _options(where: str, given: Dict[str, Any]) -> Dict[str, Any]:
                 value = [value]
             else:
                 value = [str(v) for v in value]
-        elif key == "min_elements":
+        elif key in ("min_elements", "block_size"):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"min_elements must be an int, not {type(value).__name__}")
+                raise TypeError(f"{key} must be an int, not {type(value).__name__}")
             if value < 0:
-                raise OptionError(f"min_elements must be >= 0, not {value}")
+                raise OptionError(f"{key} must be >= 0, not {value}")
         elif key in ("symmetric", "quantize_biases", "equalize"):
             value = bool(value)
         elif key == "plan":
@@ -184,12 +191,12 @@ mode : {"weight-only", "dynamic"}, default "weight-only"
     every op). ``dynamic``: ops with hybrid int8 kernels (FULLY_CONNECTED, CONV_2D,
     DEPTHWISE_CONV_2D, BATCH_MATMUL, EMBEDDING_LOOKUP, LSTM, SVDF, RNN, ...) read the int8
     weights directly: less memory and faster at run time; weights are symmetric.
-granularity : {"per-tensor", "per-channel"}, default "per-tensor"
+granularity : {"per-tensor", "per-channel", "block"}, default "per-tensor"
     One scale per tensor, or one per output channel on the axis each op expects (falling
     back to per-tensor where the op or runtime cannot take it).
 symmetric : bool, default False
     Symmetric int8 (zero point 0, codes in [-127, 127]) in weight-only mode too.
-type, weight_type : {"int8", "float16"}, default "int8"
+type, weight_type : {"int8", "int4", "int2", "float16"}, default "int8"
     Storage type of the quantized weights (``float16``: half floats behind DEQUANTIZE;
     values beyond +-65504 are clamped, with a warning). ``type`` is the flag's name,
     ``weight_type`` the same option under a name that is not a Python builtin.

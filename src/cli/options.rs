@@ -155,24 +155,13 @@ impl QuantArgs {
             GranularityArg::PerChannel => Granularity::PerChannel,
             GranularityArg::Block => Granularity::Block,
         };
-        if granularity == Granularity::Block
-            && !matches!(weight_type, WeightType::Int4 | WeightType::Int2)
-        {
-            bail!("--granularity block needs --type int4 or int2");
-        }
         let block_size = match self.block_size {
             Some(n) if granularity != Granularity::Block => {
                 bail!("--block-size {n} needs --granularity block")
             }
-            Some(n) if ![32, 64, 128, 256].contains(&n) => {
-                bail!("--block-size {n}: must be 32, 64, 128 or 256")
-            }
             Some(n) => n,
             None => 32,
         };
-        if mode == Mode::Dynamic && weight_type == WeightType::Float16 {
-            bail!("--mode dynamic needs --type int8: hybrid kernels take int8 weights only");
-        }
         let exclude_tensors = match &self.exclude_tensors {
             None => None,
             Some(p) => Some(regex::Regex::new(p).map_err(|e| {
@@ -221,7 +210,7 @@ impl QuantArgs {
                 other => other,
             },
         };
-        if let Some(why) = options.target_conflict() {
+        if let Some(why) = options.conflict() {
             bail!("{why}");
         }
         Ok(options)

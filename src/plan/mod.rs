@@ -71,6 +71,35 @@ pub struct Options {
 }
 
 impl Options {
+    /// Why these options cannot be used together, if so: the one check the command line
+    /// and the Python package make before running (messages name the command's flags).
+    pub fn conflict(&self) -> Option<String> {
+        if self.target == Target::Micro && (self.assignment.is_some() || self.target_sqnr.is_some())
+        {
+            return Some(
+                "--target micro takes per-tensor int8 only: not --plan or --target-sqnr".to_owned(),
+            );
+        }
+        let sub_byte = matches!(self.weight_type, WeightType::Int4 | WeightType::Int2);
+        if self.granularity == Granularity::Block && !sub_byte {
+            return Some("--granularity block needs --type int4 or int2".to_owned());
+        }
+        if self.granularity == Granularity::Block && ![32, 64, 128, 256].contains(&self.block_size)
+        {
+            return Some(format!(
+                "--block-size {}: must be 32, 64, 128 or 256",
+                self.block_size
+            ));
+        }
+        if self.mode == Mode::Dynamic && self.weight_type == WeightType::Float16 {
+            return Some(
+                "--mode dynamic needs --type int8: hybrid kernels take int8 weights only"
+                    .to_owned(),
+            );
+        }
+        self.target_conflict()
+    }
+
     /// Why these options cannot be honoured on their target, if so.
     pub fn target_conflict(&self) -> Option<String> {
         if self.target != Target::Micro {
