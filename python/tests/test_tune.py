@@ -36,15 +36,14 @@ def _run(model, feeds):
 
 
 def _worst_sqnr(original, quantized, sets):
-    """Worst output SQNR over outputs, noise and signal summed over the sets (as tune sums)."""
-    signal, noise = None, None
-    for s in sets:
-        r, q = _run(original, s), _run(quantized, s)
-        sig = [float(np.sum(a**2)) for a in r]
-        noi = [float(np.sum((a - b) ** 2)) for a, b in zip(r, q)]
-        signal = sig if signal is None else [x + y for x, y in zip(signal, sig)]
-        noise = noi if noise is None else [x + y for x, y in zip(noise, noi)]
-    return min(math.inf if n == 0 else 10 * math.log10(s / n) for s, n in zip(signal, noise))
+    """Worst output SQNR over the outputs and the input sets."""
+    worst = math.inf
+    for st in sets:
+        for r, q in zip(_run(original, st), _run(quantized, st)):
+            noise = float(np.sum((r - q) ** 2))
+            if noise > 0:
+                worst = min(worst, 10 * math.log10(float(np.sum(r**2)) / noise))
+    return worst
 
 
 @pytest.mark.parametrize("name,target", [("cnn.tflite", 30.0), ("cnn.tflite", 20.0), ("mlp.tflite", 30.0), ("dwsep_bn.tflite", 25.0)])
@@ -112,3 +111,68 @@ def _random_sets(model, d):
     _, graphs = V._load(str(model), "original", True)
     sets = next(iter(V.random_inputs(graphs, 10, 0).values()))
     return [sets[i] for i in d["choosing_sets"]]
+
+
+def _deep_fc_model(path, layers, width, seed=0, spread=0.3):
+    """``layers`` FULLY_CONNECTED layers of [width, width] (fused RELU but the last), weights
+    with channel scales spread by exp(+-spread); no signature."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    rng = np.random.default_rng(seed)
+    m = s.ModelT()
+    m.version = 3
+    oc = s.OperatorCodeT()
+    oc.builtinCode = oc.deprecatedBuiltinCode = s.BuiltinOperator.FULLY_CONNECTED
+    oc.version = 1
+    m.operatorCodes = [oc]
+    bufs = [s.BufferT(), s.BufferT()]
+    tensors = []
+
+    def tensor(name, shape, buffer):
+        t = s.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, shape, s.TensorType.FLOAT32, buffer
+        tensors.append(t)
+        return len(tensors) - 1
+
+    x = tensor("x", [1, width], 0)
+    ops = []
+    for i in range(layers):
+        w = rng.standard_normal((width, width)).astype(np.float32) * np.sqrt(2.0 / width)
+        w *= np.exp(rng.uniform(-spread, spread, (width, 1))).astype(np.float32)
+        w /= np.sqrt(np.mean(np.exp(rng.uniform(-spread, spread, 4096)) ** 2))
+        b = s.BufferT()
+        b.data = np.frombuffer(w.astype(np.float32).tobytes(), np.uint8)
+        bufs.append(b)
+        wt = tensor(f"fc{i}/weights", [width, width], len(bufs) - 1)
+        y = tensor(f"fc{i}/out", [1, width], 0)
+        op = s.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = 0, [x, wt, -1], [y]
+        op.builtinOptionsType = s.BuiltinOptions.FullyConnectedOptions
+        op.builtinOptions = s.FullyConnectedOptionsT()
+        op.builtinOptions.fusedActivationFunction = s.ActivationFunctionType.RELU if i + 1 < layers else 0
+        ops.append(op)
+        x = y
+    m.buffers = bufs
+    sg = s.SubGraphT()
+    sg.tensors, sg.operators, sg.inputs, sg.outputs, sg.name = tensors, ops, [0], [x], "main"
+    m.subgraphs = [sg]
+    bld = flatbuffers.Builder(layers * width * width * 4 + 65536)
+    bld.Finish(m.Pack(bld), file_identifier=b"TFL3")
+    path.write_bytes(bld.Output())
+    return path
+
+
+def test_a_hundred_weight_tensors_take_seconds_and_say_how_many_runs(tmp_path):
+    model = _deep_fc_model(tmp_path / "deep.tflite", 100, 48)
+    out = tmp_path / "deep_tuned.tflite"
+    d = tflq.tune(model, out, target_sqnr=30.0).to_dict()
+    assert d["tensors"] == 100
+    assert d["met"], d
+    # 10 reference runs, at most 4 candidates x 100 tensors x 7 choosing sets, a few checks.
+    assert 0 < d["invocations"] <= 10 + 4 * 100 * 7 + 200
+    assert d["seconds"] < 120, d["seconds"]
+    assert d["bytes"] <= d["uniform"]["float16"]["bytes"]
+    if d["uniform"]["int8_per_channel"]["choosing_sqnr_db"] >= 30.0:
+        assert d["bytes"] < d["uniform"]["int8_per_channel"]["bytes"], d
+    print({k: d[k] for k in ("choosing_sqnr_db", "holdout_sqnr_db", "bytes", "encodings", "seconds", "invocations")}, d["uniform"])

@@ -9,9 +9,10 @@ How it works (weight-only mode, every weight behind DEQUANTIZE):
 2. Sensitivity: for each tensor and candidate, one model with only that tensor encoded (the
    rest float32) is run on the choosing share of the inputs; the noise power it adds to each
    output (against the float model's outputs, computed once) is kept.
-3. Search: noise powers of different tensors are taken to add. From the smallest encoding
-   of every tensor, the upgrade that removes the most noise from the worst output per byte
-   is made until the predicted worst output SQNR meets the target.
+3. Search: noise powers of different tensors are taken to add, for each output on each
+   input set (the figure is the worst over outputs and sets, as ``tflq.validate`` gives).
+   From the smallest encoding of every tensor, the upgrade that removes the most noise from
+   the worst (output, set) per byte is made until the predicted worst SQNR meets the target.
 4. The plan is built and run on the choosing share; while it misses the target, the
    prediction's error is added to the target and the search goes on.
 5. The chosen model is run on the held-out share: both figures are reported.
@@ -119,21 +120,22 @@ class _Runner:
                     out[(key, name, i)] = v
         return out
 
-    def signal(self, idx: Sequence[int]) -> Dict[Tuple[str, str], float]:
-        """Power of each float output of the original over the sets ``idx``."""
+    def signal(self, idx: Sequence[int]) -> Dict[Tuple[str, str, int], float]:
+        """Power of each float output of the original on each of the sets ``idx``."""
         np = self.np
-        out: Dict[Tuple[str, str], float] = {}
+        out: Dict[Tuple[str, str, int], float] = {}
         for (key, name, i), r in self.reference.items():
             if i in idx and r.dtype.kind in "fc":
                 r64 = np.asarray(r, np.float64).ravel()
-                out[(key, name)] = out.get((key, name), 0.0) + float(np.sum(r64[np.isfinite(r64)] ** 2))
+                out[(key, name, i)] = float(np.sum(r64[np.isfinite(r64)] ** 2))
         return out
 
-    def noise(self, data: bytes, idx: Sequence[int]) -> Dict[Tuple[str, str], Tuple[float, float]]:
-        """(signal, noise) power per float output over the sets ``idx``."""
+    def noise(self, data: bytes, idx: Sequence[int]) -> Dict[Tuple[str, str, int], Tuple[float, float]]:
+        """(signal, noise) power of each float output on each of the sets ``idx``: every
+        (output, set) is one figure to meet, as ``tflq.validate`` takes the worst over sets."""
         np = self.np
         got = self._outputs(data, "tuned", idx)
-        acc: Dict[Tuple[str, str], List[float]] = {}
+        acc: Dict[Tuple[str, str, int], List[float]] = {}
         for (key, name, i), g in got.items():
             r = self.reference[(key, name, i)]
             if r.dtype.kind not in "fc":
@@ -143,7 +145,7 @@ class _Runner:
             s = float(np.sum(r64[fin] ** 2))
             d = r64[fin] - g64[fin]
             n = float(np.sum(d**2)) if np.all(np.isfinite(d)) else math.inf
-            a = acc.setdefault((key, name), [0.0, 0.0])
+            a = acc.setdefault((key, name, i), [0.0, 0.0])
             a[0] += s
             a[1] += n
         return {k: (v[0], v[1]) for k, v in acc.items()}
@@ -157,7 +159,7 @@ def _sqnr(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def _worst(measured: Dict[Tuple[str, str], Tuple[float, float]]) -> float:
+def _worst(measured: Dict[Tuple[str, str, int], Tuple[float, float]]) -> float:
     return min((_sqnr(s, n) for s, n in measured.values()), default=math.inf)
 
 
@@ -227,7 +229,7 @@ def tune(
         return out, summary.to_dict()
 
     # Sensitivity: one model per tensor and candidate, the rest float32.
-    options: List[List[Tuple[Tuple[str, str], int, Dict[Tuple[str, str], float]]]] = []
+    options: List[List[Tuple[Tuple[str, str], int, Dict[Tuple[str, str, int], float]]]] = []
     out_of_time = False
     for i, e in enumerate(entries):
         mine = []
@@ -248,7 +250,7 @@ def tune(
 
     level = [0] * len(entries)
 
-    def predicted(lv: List[int]) -> Dict[Tuple[str, str], float]:
+    def predicted(lv: List[int]) -> Dict[Tuple[str, str, int], float]:
         total = {k: 0.0 for k in signal}
         for i, l in enumerate(lv):
             if options[i]:
