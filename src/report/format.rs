@@ -90,7 +90,7 @@ pub fn write_report(
             }
             None => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "--format plan writes the plan of options for a float model, not of --against",
+                "no plan in this report",
             )),
         },
     }
