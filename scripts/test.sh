@@ -21,8 +21,12 @@ if [[ -f schema/regenerate.sh ]]; then
     bash schema/regenerate.sh --check
 fi
 
-step "cargo build (tflq binary for the oracle tests)"
-cargo build --locked
+# `cargo test` has just built target/debug/tflq for the CLI tests (same dev profile, same
+# features of tflq). A separate `cargo build` would compile tflq again: a test build unifies
+# the features the dev-dependencies (proptest, criterion, assert_cmd) ask of shared crates, a
+# plain build does not (resolver 2 and later), so the library gets another hash.
+step "tflq binary for the oracle tests (built by cargo test)"
+test -x target/debug/tflq
 
 step "oracle venv"
 python="$(scripts/oracle-env.sh)"

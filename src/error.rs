@@ -12,7 +12,7 @@ pub enum ModelError {
     #[error("the file is empty (0 bytes): not a TFLite model")]
     Empty,
     /// The model refers to bytes past the end of the file: a partial download or copy.
-    #[error("truncated: the file has {len} bytes, the model refers to byte {needed}")]
+    #[error("truncated: the file has {}, the model refers to byte {needed}", crate::text::count(*.len, "byte", "bytes"))]
     Truncated {
         /// Length of the input in bytes.
         len: usize,
@@ -20,7 +20,10 @@ pub enum ModelError {
         needed: usize,
     },
     /// The file is too short to hold the `TFL3` identifier, and what it holds is not its start.
-    #[error("not a TFLite model: no TFL3 identifier (the file has only {len} bytes)")]
+    #[error(
+        "not a TFLite model: no TFL3 identifier (the file has only {})",
+        crate::text::count(*.len, "byte", "bytes")
+    )]
     TooShort {
         /// Length of the input in bytes.
         len: usize,
@@ -63,7 +66,8 @@ pub enum ModelError {
     },
     /// A tensor refers to a buffer index that does not exist.
     #[error(
-        "subgraph {subgraph} tensor {tensor} ({name:?}) refers to buffer {buffer}, but the model has {count} buffers"
+        "subgraph {subgraph} tensor {tensor} ({name:?}) refers to buffer {buffer}, but the model has {}",
+        crate::text::count(*.count, "buffer", "buffers")
     )]
     BufferIndex {
         /// Subgraph index.
@@ -78,7 +82,10 @@ pub enum ModelError {
         count: usize,
     },
     /// An operator, subgraph input/output or signature refers to a tensor that does not exist.
-    #[error("{place} refers to tensor {index}, but subgraph {subgraph} has {count} tensors")]
+    #[error(
+        "{place} refers to tensor {index}, but subgraph {subgraph} has {}",
+        crate::text::count(*.count, "tensor", "tensors")
+    )]
     TensorIndex {
         /// Where the reference is, e.g. "subgraph 0 operator 3 input".
         place: String,
@@ -104,7 +111,10 @@ pub enum ModelError {
         count: usize,
     },
     /// A control-flow operator or signature refers to a subgraph that does not exist.
-    #[error("{place} refers to subgraph {index}, but the model has {count} subgraphs")]
+    #[error(
+        "{place} refers to subgraph {index}, but the model has {}",
+        crate::text::count(*.count, "subgraph", "subgraphs")
+    )]
     SubgraphIndex {
         /// Where the reference is.
         place: String,
@@ -177,7 +187,8 @@ pub enum ModelError {
     },
     /// A constant tensor's buffer holds a different number of bytes than its shape needs.
     #[error(
-        "subgraph {subgraph} tensor {tensor} ({name:?}): buffer {buffer} holds {got} bytes, but shape {shape:?} of {dtype} needs {expected}"
+        "subgraph {subgraph} tensor {tensor} ({name:?}): buffer {buffer} holds {}, but shape {shape:?} of {dtype} needs {expected}",
+        crate::text::count(*.got as usize, "byte", "bytes")
     )]
     BufferSize {
         /// Subgraph index.
@@ -214,7 +225,10 @@ pub enum ModelError {
         file_len: usize,
     },
     /// A metadata entry refers to a buffer that does not exist.
-    #[error("{place} refers to buffer {buffer}, but the model has {count} buffers")]
+    #[error(
+        "{place} refers to buffer {buffer}, but the model has {}",
+        crate::text::count(*.count, "buffer", "buffers")
+    )]
     MetadataBuffer {
         /// Which entry, e.g. `metadata 2 ("min_runtime_version")`.
         place: String,

@@ -372,9 +372,9 @@ impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "file:        {} ({} bytes), schema version {}",
+            "file:        {} ({}), schema version {}",
             human(self.file_bytes),
-            self.file_bytes,
+            crate::text::count(self.file_bytes as usize, "byte", "bytes"),
             self.version
         )?;
         let l = &self.layout;
@@ -403,7 +403,13 @@ impl fmt::Display for Inspection {
         if !self.metadata.is_empty() {
             writeln!(f, "metadata:")?;
             for m in &self.metadata {
-                write!(f, "  {} (buffer {}, {} bytes)", m.name, m.buffer, m.bytes)?;
+                write!(
+                    f,
+                    "  {} (buffer {}, {})",
+                    m.name,
+                    m.buffer,
+                    crate::text::count(m.bytes as usize, "byte", "bytes")
+                )?;
                 match &m.text {
                     Some(t) => writeln!(f, ": {t:?}")?,
                     None => writeln!(f)?,
@@ -438,8 +444,12 @@ impl fmt::Display for Inspection {
             };
             writeln!(
                 f,
-                "  {}{name}: {} tensors, {} operators, inputs {:?}, outputs {:?}",
-                s.index, s.tensors, s.operators, s.inputs, s.outputs
+                "  {}{name}: {}, {}, inputs {:?}, outputs {:?}",
+                s.index,
+                crate::text::count(s.tensors, "tensor", "tensors"),
+                crate::text::count(s.operators, "operator", "operators"),
+                s.inputs,
+                s.outputs
             )?;
             let ops: Vec<String> = s.ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
             if !ops.is_empty() {

@@ -746,10 +746,17 @@ fn check_quantization(
         })
     };
     let Some(zero_points) = q.zero_point().map(|z| z.len()) else {
-        return bad(format!("{scales} scales but no zero points"));
+        return bad(format!(
+            "{} but no zero points",
+            crate::text::count(scales, "scale", "scales")
+        ));
     };
     if zero_points != scales {
-        return bad(format!("{scales} scales but {zero_points} zero points"));
+        return bad(format!(
+            "{} but {}",
+            crate::text::count(scales, "scale", "scales"),
+            crate::text::count(zero_points, "zero point", "zero points")
+        ));
     }
     let dim = q.quantized_dimension();
     if dim < 0 || (!shape.is_empty() && dim as usize >= shape.len()) {

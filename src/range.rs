@@ -48,6 +48,10 @@ const REFINE_SPAN: f64 = 0.12;
 const PER_LEVEL_MAX: i32 = 16;
 /// Candidates measured exactly at the end (besides min-max).
 const EXACT: usize = 4;
+/// Zero points tried first on asymmetric grids (every `ZP_STRIDE`-th, then a local walk).
+const ZP_STRIDE: i32 = 8;
+/// Values per chunk of the parallel histogram pass (a histogram of `BINS` bins each).
+const HIST_CHUNK: usize = 1 << 20;
 
 /// A quantization grid: the number of bits and whether it is symmetric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,21 +182,41 @@ pub fn minmax_params(min: f32, max: f32, grid: Grid) -> Params {
 /// Sum of squared errors of quantizing `values` (non-finite ones skipped) with `p` on `grid`,
 /// and how many values lie outside the grid's range.
 pub fn squared_error(values: &[f32], grid: Grid, p: Params) -> (f64, u64) {
+    const LANES: usize = 8;
     let lo_step = (grid.qmin() - p.zero_point) as f32;
     let hi_step = (grid.qmax() - p.zero_point) as f32;
     let (lo, hi) = (p.lo(grid), p.hi(grid));
-    let mut err = 0.0f64;
-    let mut clipped = 0u64;
-    for &x in values {
-        if !x.is_finite() {
-            continue;
-        }
-        let step = (x / p.scale).round().clamp(lo_step, hi_step);
+    // One value's squared error and whether it is clipped (0 for a non-finite value). Round
+    // half away from zero as `f32::round` does, in f64 where `t + 0.5` is exact (the clamp
+    // first keeps `t` small): no library call, so the lanes below vectorize.
+    let one = |x: f32| -> (f64, u64) {
+        let t = (x / p.scale).clamp(lo_step - 1.0, hi_step + 1.0);
+        let step =
+            ((f64::from(t) + 0.5f64.copysign(f64::from(t))) as i64 as f32).clamp(lo_step, hi_step);
         let d = f64::from(x - step * p.scale);
-        err += d * d;
-        clipped += u64::from(x < lo || x > hi);
+        if x.is_finite() {
+            (d * d, u64::from(x < lo || x > hi))
+        } else {
+            (0.0, 0)
+        }
+    };
+    // Eight independent sums, added in a fixed order at the end.
+    let mut err = [0.0f64; LANES];
+    let mut clipped = [0u64; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            let (e, k) = one(c[i]);
+            err[i] += e;
+            clipped[i] += k;
+        }
     }
-    (err, clipped)
+    for (i, &x) in chunks.remainder().iter().enumerate() {
+        let (e, k) = one(x);
+        err[i] += e;
+        clipped[i] += k;
+    }
+    (err.iter().sum(), clipped.iter().sum())
 }
 
 /// The clipping range of `values` on `grid` with the least squared error (see the module
@@ -204,8 +228,7 @@ pub fn search(values: &[f32], grid: Grid) -> Choice {
     } else {
         minmax_params(stats.min, stats.max, grid)
     };
-    let (minmax_error, minmax_clipped) = squared_error(values, grid, minmax);
-    let keep = |params: Params, error: f64, clipped: u64| Choice {
+    let keep = |params: Params, (error, clipped): (f64, u64), minmax_error: f64| Choice {
         params,
         lo: params.lo(grid),
         hi: params.hi(grid),
@@ -215,19 +238,51 @@ pub fn search(values: &[f32], grid: Grid) -> Choice {
         clipped,
         count: stats.count,
     };
-    if minmax_error == 0.0 || stats.nonzero == 0 {
-        return keep(minmax, minmax_error, minmax_clipped);
+    if stats.nonzero == 0 {
+        let e = squared_error(values, grid, minmax);
+        return keep(minmax, e, e.0);
     }
     let mut candidates = histogram_search(values, grid, &stats, minmax);
     candidates.retain(|c| *c != minmax);
-    let mut best = keep(minmax, minmax_error, minmax_clipped);
-    for p in candidates.into_iter().take(EXACT) {
-        let (error, clipped) = squared_error(values, grid, p);
-        if error < best.error {
-            best = keep(p, error, clipped);
+    candidates.truncate(EXACT);
+    // Min-max and the candidates measured exactly in one pass.
+    candidates.insert(0, minmax);
+    let errors = squared_errors(values, grid, &candidates);
+    let minmax_error = errors[0].0;
+    let mut best = keep(minmax, errors[0], minmax_error);
+    for (&p, &e) in candidates.iter().zip(&errors).skip(1) {
+        if e.0 < best.error {
+            best = keep(p, e, minmax_error);
         }
     }
     best
+}
+
+/// Values per chunk of the parallel passes. Fixed (not derived from the thread count), and the
+/// chunks' sums are added in order, so a result does not depend on the machine.
+const CHUNK: usize = 1 << 16;
+
+/// [`squared_error`] of each of `params`, in one pass over `values` (in parallel chunks).
+fn squared_errors(values: &[f32], grid: Grid, params: &[Params]) -> Vec<(f64, u64)> {
+    use rayon::prelude::*;
+    let one = |chunk: &[f32]| -> Vec<(f64, u64)> {
+        params
+            .iter()
+            .map(|&p| squared_error(chunk, grid, p))
+            .collect()
+    };
+    if values.len() <= CHUNK {
+        return one(values);
+    }
+    let parts: Vec<Vec<(f64, u64)>> = values.par_chunks(CHUNK).map(one).collect();
+    let mut total = vec![(0.0, 0u64); params.len()];
+    for part in parts {
+        for (t, (e, c)) in total.iter_mut().zip(part) {
+            t.0 += e;
+            t.1 += c;
+        }
+    }
+    total
 }
 
 /// A normal f32 scale from a positive span (the smallest normal for a span that rounds to a
@@ -254,6 +309,22 @@ struct Stats {
 
 impl Stats {
     fn scan(values: &[f32]) -> Stats {
+        use rayon::prelude::*;
+        if values.len() <= CHUNK {
+            return Stats::scan_one(values);
+        }
+        let parts: Vec<Stats> = values.par_chunks(CHUNK).map(Stats::scan_one).collect();
+        let mut s = Stats::scan_one(&[]);
+        for p in parts {
+            s.min = s.min.min(p.min);
+            s.max = s.max.max(p.max);
+            s.count += p.count;
+            s.nonzero += p.nonzero;
+        }
+        s
+    }
+
+    fn scan_one(values: &[f32]) -> Stats {
         let mut s = Stats {
             min: f32::INFINITY,
             max: f32::NEG_INFINITY,
@@ -322,23 +393,41 @@ struct Hist {
 
 impl Hist {
     fn build(values: &[f32], folded: bool, a: f64, b: f64) -> Hist {
+        use rayon::prelude::*;
         let width = ((b - a) / BINS as f64).max(f64::MIN_POSITIVE);
-        let mut bins = vec![Sums::default(); BINS];
-        let (mut under, mut over) = (Sums::default(), Sums::default());
-        for &x in values {
-            if !x.is_finite() || x == 0.0 {
-                continue;
+        let fill = |chunk: &[f32]| {
+            let mut bins = vec![Sums::default(); BINS];
+            let (mut under, mut over) = (Sums::default(), Sums::default());
+            for &x in chunk {
+                if !x.is_finite() || x == 0.0 {
+                    continue;
+                }
+                let v = f64::from(if folded { x.abs() } else { x });
+                if v < a {
+                    under.add(v);
+                } else if v > b {
+                    over.add(v);
+                } else {
+                    let i = (((v - a) / width) as usize).min(BINS - 1);
+                    bins[i].add(v);
+                }
             }
-            let v = f64::from(if folded { x.abs() } else { x });
-            if v < a {
-                under.add(v);
-            } else if v > b {
-                over.add(v);
-            } else {
-                let i = (((v - a) / width) as usize).min(BINS - 1);
-                bins[i].add(v);
-            }
-        }
+            (bins, under, over)
+        };
+        // Large inputs in parallel chunks of HIST_CHUNK values (a histogram per chunk).
+        let (bins, under, over) = if values.len() <= HIST_CHUNK {
+            fill(values)
+        } else {
+            let parts: Vec<_> = values.par_chunks(HIST_CHUNK).map(fill).collect();
+            let mut it = parts.into_iter();
+            let first = it.next().expect("more than one chunk");
+            it.fold(first, |(mut bins, u, o), (b2, u2, o2)| {
+                for (x, y) in bins.iter_mut().zip(b2) {
+                    *x = x.plus(y);
+                }
+                (bins, u.plus(u2), o.plus(o2))
+            })
+        };
         let mut cum = Vec::with_capacity(BINS + 1);
         let mut acc = Sums::default();
         cum.push(acc);
@@ -376,10 +465,6 @@ impl Hist {
         self.under.plus(self.cum[i])
     }
 
-    fn between(&self, lo: f64, hi: f64) -> Sums {
-        self.below(hi).minus(self.below(lo))
-    }
-
     /// Error of the grid `(scale, zero_point)`, level by level. Folded (symmetric) histograms
     /// hold `|x|`: levels `0, s, 2s, ..., qmax s`.
     fn cost_per_level(&self, grid: Grid, scale: f64, zero_point: i32, folded: bool) -> f64 {
@@ -388,20 +473,19 @@ impl Hist {
         } else {
             (grid.qmin() - zero_point, grid.qmax() - zero_point)
         };
+        // Each rounding boundary's sums are looked up once, shared by the two levels it
+        // separates.
         let mut err = 0.0;
+        let mut below_lo = Sums::default();
         for k in first..=last {
             let v = f64::from(k) * scale;
-            let lo = if k == first {
-                f64::NEG_INFINITY
+            let below_hi = if k == last {
+                self.below(f64::INFINITY)
             } else {
-                v - 0.5 * scale
+                self.below(v + 0.5 * scale)
             };
-            let hi = if k == last {
-                f64::INFINITY
-            } else {
-                v + 0.5 * scale
-            };
-            err += self.between(lo, hi).error_at(v);
+            err += below_hi.minus(below_lo).error_at(v);
+            below_lo = below_hi;
         }
         err
     }
@@ -451,12 +535,46 @@ fn score(hist: &Hist, grid: Grid, scales: impl Iterator<Item = f64>, out: &mut V
             });
             continue;
         }
-        for zero_point in grid.qmin()..=grid.qmax() {
-            out.push(Scored {
-                params: Params { scale, zero_point },
-                cost: hist.cost(grid, sd, zero_point, false),
-            });
+        // The cost is close to convex in the zero point (the window slides over the values):
+        // every ZP_STRIDE-th zero point, then a walk from the best one to a local minimum.
+        let cost = |zero_point: i32| hist.cost(grid, sd, zero_point, false);
+        let (qmin, qmax) = (grid.qmin(), grid.qmax());
+        let mut best = (qmin, cost(qmin));
+        let mut zp = qmin;
+        while zp <= qmax {
+            let c = cost(zp);
+            if c < best.1 {
+                best = (zp, c);
+            }
+            zp += ZP_STRIDE;
         }
+        if qmax != best.0 && (qmax - qmin) % ZP_STRIDE != 0 {
+            let c = cost(qmax);
+            if c < best.1 {
+                best = (qmax, c);
+            }
+        }
+        for dir in [-1, 1] {
+            loop {
+                let next = best.0 + dir;
+                if !(qmin..=qmax).contains(&next) {
+                    break;
+                }
+                let c = cost(next);
+                if c < best.1 {
+                    best = (next, c);
+                } else {
+                    break;
+                }
+            }
+        }
+        out.push(Scored {
+            params: Params {
+                scale,
+                zero_point: best.0,
+            },
+            cost: best.1,
+        });
     }
 }
 

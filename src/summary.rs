@@ -366,7 +366,11 @@ impl std::fmt::Display for Summary {
             }
         }
         for ((encoding, why), n) in reasons {
-            writeln!(f, "fallback: {n} to {encoding}: {why}")?;
+            writeln!(
+                f,
+                "fallback: {} to {encoding}: {why}",
+                crate::text::count(n, "tensor", "tensors")
+            )?;
         }
         for (encoding, t) in &self.by_encoding {
             writeln!(
@@ -398,8 +402,8 @@ impl std::fmt::Display for Summary {
         if self.equalized_pairs > 0 {
             writeln!(
                 f,
-                "equalized: {} layer pairs (cross-layer equalization)",
-                self.equalized_pairs
+                "equalized: {} (cross-layer equalization)",
+                crate::text::count(self.equalized_pairs, "layer pair", "layer pairs")
             )?;
         }
         let searched: Vec<&QuantizedTensor> = self
@@ -422,8 +426,8 @@ impl std::fmt::Display for Summary {
                 .count();
             writeln!(
                 f,
-                "range:    mse, narrower than min-max in {narrowed} of {} tensors (gain up to {gain:.1} dB, at most {:.2}% of values clipped)",
-                searched.len(),
+                "range:    mse, narrower than min-max in {narrowed} of {} (gain up to {gain:.1} dB, at most {:.2}% of values clipped)",
+                crate::text::count(searched.len(), "tensor", "tensors"),
                 100.0 * clipped
             )?;
         }

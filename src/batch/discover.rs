@@ -23,9 +23,10 @@ use walkdir::WalkDir;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
-    /// A `.tflite` file found in a folder, or a file named as an input.
+    /// A `.tflite` file found in a folder, or a file named as an input that is named so or
+    /// holds the `TFL3` identifier.
     Model,
-    /// Any other regular file found in a folder.
+    /// Any other regular file found in a folder or named as an input.
     Other,
 }
 
@@ -212,8 +213,8 @@ impl Discovery {
 
 /// Finds every `.tflite` file (and every other regular file) under `inputs`.
 ///
-/// An input that is a file is taken as a model whatever its name; in folders, models are the
-/// files whose name ends in `.tflite` (any case). Temporary files of an interrupted run
+/// Models are the files whose name ends in `.tflite` (any case); an input that is a file is
+/// also a model if it holds the `TFL3` identifier, whatever its name. Temporary files of an interrupted run
 /// (`.tflq-*.partial`) and special files (sockets, pipes, devices) are not taken at all.
 /// Never fails: what cannot be read is listed in [`Discovery::problems`].
 pub fn discover(inputs: &[PathBuf], opts: &DiscoverOptions) -> Discovery {
@@ -243,7 +244,8 @@ pub fn discover(inputs: &[PathBuf], opts: &DiscoverOptions) -> Discovery {
                 walk.folder(input, &relative);
             }
             Ok(meta) if meta.is_file() => {
-                walk.add(input.clone(), relative, Kind::Model, meta.len());
+                let kind = named_kind(input);
+                walk.add(input.clone(), relative, kind, meta.len());
             }
             Ok(_) => walk.problems.push(Problem::Unreadable {
                 path: input.clone(),
@@ -384,6 +386,26 @@ impl Walk {
 /// the root is `relative`.
 fn below(relative: &Path, dir: &Path, path: &Path) -> PathBuf {
     relative.join(path.strip_prefix(dir).unwrap_or(path))
+}
+
+/// A file named as an input (as a shell glob names them): a model if its name ends in
+/// `.tflite` (as in a folder) or it holds the `TFL3` identifier at bytes 4 to 8 (a model of
+/// another name); any other file is not a model (a README next to the models). A file that
+/// cannot be read is taken as a model, so that its error is reported.
+fn named_kind(path: &Path) -> Kind {
+    if path.file_name().is_some_and(|n| kind_of(n) == Kind::Model) {
+        return Kind::Model;
+    }
+    let mut head = [0u8; 8];
+    let read = fs::File::open(path).and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut head)
+    });
+    match read {
+        Ok(()) if &head[4..8] != b"TFL3" => Kind::Other,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Kind::Other,
+        _ => Kind::Model,
+    }
 }
 
 /// Models are found by name: `.tflite`, any case.

@@ -674,10 +674,6 @@ fn duration(seconds: f64) -> String {
     }
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 /// What a line of the table says after the status and the path: sizes, ratio, tensors,
 /// worst SQNR and time, or the error.
 fn row_rest(r: &FileReport) -> String {
@@ -690,11 +686,16 @@ fn row_rest(r: &FileReport) -> String {
                 (_, None) => "exact".to_owned(),
             };
             format!(
-                "  {:>10} -> {:>10} {:>7}  {:>4} tensors  {worst:<14} {}",
+                "  {:>10} -> {:>10} {:>7}  {:>4} {:<7}  {worst:<14} {}",
                 human(r.input_bytes),
                 human(out),
                 ratio(out, r.input_bytes),
                 r.tensors_quantized,
+                if r.tensors_quantized == 1 {
+                    "tensor"
+                } else {
+                    "tensors"
+                },
                 duration(r.seconds)
             )
         }
@@ -750,8 +751,8 @@ impl fmt::Display for BatchSummary {
         }
         let shard = match self.shard {
             Some(s) => format!(
-                " (shard {s}; {} files in other shards)",
-                self.totals.outside_shard
+                " (shard {s}; {} in other shards)",
+                crate::text::count(self.totals.outside_shard, "file", "files")
             ),
             None => String::new(),
         };
@@ -784,7 +785,7 @@ impl fmt::Display for BatchSummary {
             writeln!(
                 f,
                 "others:   {}: {}",
-                plural(
+                crate::text::count(
                     t.others,
                     "file that is not a model",
                     "files that are not models"

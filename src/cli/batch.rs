@@ -45,8 +45,8 @@ pub fn run(
     if summary.interrupted {
         let t = &summary.totals;
         eprintln!(
-            "tflq: interrupted: {} files done, {} stopped while being written, {} not started; no partial output is left",
-            summary.files.len() - t.interrupted,
+            "tflq: interrupted: {} done, {} stopped while being written, {} not started; no partial output is left",
+            crate::text::count(summary.files.len() - t.interrupted, "file", "files"),
             t.interrupted,
             t.not_started
         );
@@ -54,8 +54,9 @@ pub fn run(
     }
     if summary.totals.errors > 0 {
         eprintln!(
-            "tflq: {} of {} models failed or could not be read; the others were processed",
-            summary.totals.errors, summary.totals.models
+            "tflq: {} of {} failed or could not be read; the others were processed",
+            summary.totals.errors,
+            crate::text::count(summary.totals.models, "model", "models")
         );
         return Ok(exit::FAILED);
     }

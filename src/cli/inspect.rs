@@ -93,8 +93,8 @@ pub fn run(args: Args) -> Result<i32> {
             } else {
                 writeln!(
                     out,
-                    "micro:       {} problem(s) on TensorFlow Lite Micro:",
-                    list.len()
+                    "micro:       {} on TensorFlow Lite Micro:",
+                    crate::text::count(list.len(), "problem", "problems")
                 )?;
                 for i in list {
                     writeln!(out, "  {i}")?;

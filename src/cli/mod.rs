@@ -39,7 +39,8 @@ Exit codes:
   0    success (including a model with nothing to quantize)
   1    a model or file could not be processed; the message names it and says why
        (in a batch: some failed, every other one was processed)
-  2    invalid command line (also: an output folder that is the input folder)
+  2    invalid command line; also an output that is its input, a file or a folder
+       (also through a link), without --in-place
   3    a quality gate was not met: --fail-below-sqnr, or `inspect --target micro`
        found what TensorFlow Lite Micro would refuse or compute wrongly
   4    a quality gate was asked for, but a model had no measured tensor to apply it to

@@ -154,6 +154,12 @@ fn run_single(args: &Args, opts: &FileOptions) -> Result<i32> {
             output = output.join(name);
         }
     }
+    // The output is the input: a usage error (exit 2), as for a folder in batch mode.
+    if !args.in_place && crate::io::same_file(input, &output) {
+        let e = crate::Error::SameFile { path: output };
+        eprintln!("tflq: error: {e}");
+        return Ok(exit::USAGE);
+    }
     let skip = args.skip_existing
         && !crate::io::same_file(input, &output)
         && batch::up_to_date(input, &output);

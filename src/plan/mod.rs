@@ -679,7 +679,7 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
     let overrides: BTreeMap<u32, Vec<u8>> = equalization
         .buffers
         .into_iter()
-        .map(|(b, v)| (b, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(b, v)| (b, f32_to_le(&v)))
         .collect();
     let data = |b: u32| {
         overrides
@@ -725,6 +725,15 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
 fn one_shape(model: &Model<'_>, users: &[TensorRef]) -> bool {
     let shape = |u: &TensorRef| &model.tensor(*u).shape;
     users.windows(2).all(|w| shape(&w[0]) == shape(&w[1]))
+}
+
+/// Little-endian bytes of f32 values (the model's byte order on any host).
+fn f32_to_le(values: &[f32]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(values).to_vec()
+    } else {
+        values.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
 }
 
 #[cfg(test)]

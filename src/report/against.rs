@@ -190,7 +190,11 @@ fn scheme(
         return Err("quantization parameters have no scale".into());
     }
     if !(q.zero_point.is_empty() || q.zero_point.len() == n) {
-        return Err(format!("{n} scales but {} zero points", q.zero_point.len()));
+        return Err(format!(
+            "{} but {}",
+            crate::text::count(n, "scale", "scales"),
+            crate::text::count(q.zero_point.len(), "zero point", "zero points")
+        ));
     }
     let mut params = Vec::with_capacity(n);
     for (i, &scale) in q.scale.iter().enumerate() {

@@ -126,14 +126,17 @@ pub fn summary_lines(report: &Report) -> Vec<(&'static str, String)> {
         lines.push((
             "range",
             format!(
-                "mse in {} tensors: up to {gain:.1} dB over min-max, at most {:.2}% of values clipped",
-                searched.len(),
+                "mse in {}: up to {gain:.1} dB over min-max, at most {:.2}% of values clipped",
+                crate::text::count(searched.len(), "tensor", "tensors"),
                 100.0 * clipped
             ),
         ));
     }
     if let Some(n) = report.equalized_pairs.filter(|&n| n > 0) {
-        lines.push(("equalized", format!("{n} layer pairs")));
+        lines.push((
+            "equalized",
+            crate::text::count(n, "layer pair", "layer pairs"),
+        ));
     }
     lines.push(("measures", report.measures.to_owned()));
     lines

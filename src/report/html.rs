@@ -37,13 +37,14 @@ h1{font-size:22px;margin:0 0 12px}h2{font-size:17px;margin:28px 0 8px}
 dl.summary{display:grid;grid-template-columns:max-content auto;gap:4px 16px;margin:0}
 dl.summary dt{font-weight:600;color:#4a5568}dl.summary dd{margin:0}
 .scroll{overflow-x:auto}
-table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
-th,td{padding:4px 8px;border-bottom:1px solid #e2e8f0;white-space:nowrap}
-th{position:sticky;top:0;background:#f7fafc;cursor:pointer;user-select:none;text-align:left}
+table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums}
+th,td{padding:4px 4px;border-bottom:1px solid #e2e8f0;white-space:nowrap}
+th{position:sticky;top:0;background:#f7fafc;cursor:pointer;user-select:none;text-align:left;white-space:normal;vertical-align:bottom}
 th.num,td.num{text-align:right}
 th[aria-sort=ascending]::after{content:' \\25B2'}th[aria-sort=descending]::after{content:' \\25BC'}
 tr:hover td{background:#f0f5ff}
-td.name{max-width:420px;overflow:hidden;text-overflow:ellipsis}
+td.name,td.ops{max-width:200px;overflow:hidden;text-overflow:ellipsis}
+td.ops{max-width:150px}
 td.bad{color:#b42318;font-weight:600}
 .plots{display:flex;flex-direction:column;gap:18px}
 figure.plot{margin:0;border:1px solid #e2e8f0;border-radius:6px;padding:8px;width:max-content}
@@ -109,8 +110,8 @@ fn text(text: String) -> Cell {
 fn cells(r: &TensorRow, against: bool) -> Vec<(&'static str, Cell)> {
     let mut v = vec![
         ("SQNR dB", num(sqnr_text(r), r.sqnr)),
-        ("subgraph", num(r.subgraph.to_string(), r.subgraph as f64)),
-        ("index", num(r.tensor.to_string(), r.tensor as f64)),
+        ("sg", num(r.subgraph.to_string(), r.subgraph as f64)),
+        ("idx", num(r.tensor.to_string(), r.tensor as f64)),
         ("tensor", text(r.name.clone())),
         ("ops", text(ops_text(r))),
         ("elements", num(r.elements.to_string(), r.elements as f64)),
@@ -163,7 +164,15 @@ fn plot_error(e: impl std::fmt::Debug) -> io::Error {
 }
 
 /// Width and height of one figure's SVG.
-const PLOT_SIZE: (u32, u32) = (880, 260);
+const PLOT_SIZE: (u32, u32) = (1000, 320);
+
+/// Font of the tick labels, the axis names and the legends (plotters writes 1/1.24 of it
+/// into the SVG: 16 gives 12.9-pixel text).
+const LABEL_PX: u32 = 16;
+/// Colours: the weights' bars, the int8 grid's ticks, the error's bars.
+const VALUE_BARS: RGBColor = RGBColor(66, 110, 196);
+const GRID_TICKS: RGBColor = RGBColor(214, 69, 65);
+const ERROR_BARS: RGBColor = RGBColor(46, 150, 110);
 
 /// Draws the two histograms of one tensor side by side into one SVG.
 pub fn plot(h: &Histograms) -> io::Result<String> {
@@ -183,18 +192,22 @@ pub fn plot(h: &Histograms) -> io::Result<String> {
             Some(c) => format!("float weights, int8 grid of channel {c} (widest)"),
             None => "float weights and the int8 grid".to_owned(),
         };
+        let labels = ("sans-serif", LABEL_PX);
+        // Room above the bars for the legend.
         let mut chart = ChartBuilder::on(&left)
-            .caption(grid_title, ("sans-serif", 14))
+            .caption(grid_title, ("sans-serif", 18))
             .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(48)
-            .build_cartesian_2d(lo..hi, 0u64..top + top / 10 + 1)
+            .x_label_area_size(44)
+            .y_label_area_size(60)
+            .build_cartesian_2d(lo..hi, 0u64..top + top / 3 + 1)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(6)
             .y_labels(5)
+            .label_style(labels)
+            .axis_desc_style(labels)
             .x_label_formatter(&|v| {
                 if v.abs() < (hi - lo) * 1e-6 {
                     "0".to_owned()
@@ -202,27 +215,41 @@ pub fn plot(h: &Histograms) -> io::Result<String> {
                     format!("{v:.3}")
                 }
             })
+            .x_desc("value (float weight)")
             .y_desc("count")
             .draw()
             .map_err(plot_error)?;
-        // The grid: a tick at the bottom for every value an int8 code stands for.
+        let w = (hi - lo) / h.values.len() as f64;
+        chart
+            .draw_series(h.values.iter().enumerate().map(|(i, &c)| {
+                let x0 = lo + w * i as f64;
+                Rectangle::new([(x0, 0), (x0 + w, c)], VALUE_BARS.filled())
+            }))
+            .map_err(plot_error)?
+            .label("float weights per bin")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], VALUE_BARS.filled()));
+        // The grid, over the bars: a tick at the bottom for every value an int8 code stands for.
         let tick = (top / 12).max(1);
         chart
             .draw_series(h.grid.iter().map(|&g| {
                 PathElement::new(
                     vec![(f64::from(g), 0), (f64::from(g), tick)],
-                    RGBColor(214, 69, 65).mix(0.5).stroke_width(1),
+                    GRID_TICKS.mix(0.5).stroke_width(1),
                 )
             }))
-            .map_err(plot_error)?;
-
-        let w = (hi - lo) / h.values.len() as f64;
+            .map_err(plot_error)?
+            .label("int8 grid: one tick per code's value")
+            .legend(|(x, y)| PathElement::new(vec![(x + 6, y - 6), (x + 6, y + 6)], GRID_TICKS));
         chart
-            .draw_series(h.values.iter().enumerate().map(|(i, &c)| {
-                let x0 = lo + w * i as f64;
-                Rectangle::new([(x0, 0), (x0 + w, c)], RGBColor(66, 110, 196).filled())
-            }))
+            .configure_series_labels()
+            .label_font(labels)
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .draw()
             .map_err(plot_error)?;
+        // The error in units of the quantization step (a step is twice `half_step`): the
+        // rounding error of a code lies in [-0.5, 0.5].
         let half = if h.half_step > 0.0 { h.half_step } else { 1.0 };
         let etop = h.errors.iter().copied().max().unwrap_or(0).max(1);
         let title = if h.errors_outside > 0 {
@@ -231,32 +258,39 @@ pub fn plot(h: &Histograms) -> io::Result<String> {
             "error x - x' (within half a step)".to_owned()
         };
         let mut chart = ChartBuilder::on(&right)
-            .caption(title, ("sans-serif", 14))
+            .caption(title, ("sans-serif", 18))
             .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(48)
-            .build_cartesian_2d(-half..half, 0u64..etop + etop / 10 + 1)
+            .x_label_area_size(44)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5f64..0.5, 0u64..etop + etop / 10 + 1)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(5)
             .y_labels(5)
-            .x_label_formatter(&|v| {
-                // The middle label would read -1e-19 from float rounding.
-                if v.abs() < half * 1e-6 {
+            .label_style(labels)
+            .axis_desc_style(labels)
+            .x_label_formatter(&|v: &f64| {
+                // The middle label would read -0.00 from float rounding.
+                if v.abs() < 1e-9 {
                     "0".to_owned()
                 } else {
-                    format!("{v:.2e}")
+                    format!("{v:.2}")
                 }
             })
+            .x_desc(format!(
+                "error x - x' in quantization steps (1 step = {:.3e})",
+                2.0 * half
+            ))
+            .y_desc("count")
             .draw()
             .map_err(plot_error)?;
-        let w = 2.0 * half / h.errors.len() as f64;
+        let w = 1.0 / h.errors.len() as f64;
         chart
             .draw_series(h.errors.iter().enumerate().map(|(i, &c)| {
-                let x0 = -half + w * i as f64;
-                Rectangle::new([(x0, 0), (x0 + w, c)], RGBColor(46, 150, 110).filled())
+                let x0 = -0.5 + w * i as f64;
+                Rectangle::new([(x0, 0), (x0 + w, c)], ERROR_BARS.filled())
             }))
             .map_err(plot_error)?;
         root.present().map_err(plot_error)?;
@@ -303,7 +337,13 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
     if let Some(first) = report.tensors.first() {
         for (head, c) in cells(first, against) {
             let class = if c.num { " class=\"num\"" } else { "" };
-            writeln!(out, "<th{class}>{}</th>", escape(head))?;
+            // Short heads, so that the table fits a laptop screen; the tooltip says them whole.
+            let title = match head {
+                "sg" => " title=\"subgraph\"",
+                "idx" => " title=\"tensor index in its subgraph\"",
+                _ => "",
+            };
+            writeln!(out, "<th{class}{title}>{}</th>", escape(head))?;
         }
     }
     writeln!(out, "</tr></thead>\n<tbody>")?;
@@ -317,10 +357,14 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
             if head == "tensor" {
                 class.push("name");
             }
+            if head == "ops" {
+                class.push("ops");
+            }
             if head == "SQNR dB" && r.sqnr < LOW_SQNR_DB {
                 class.push("bad");
             }
-            let title = if head == "tensor" {
+            // Cut names and operator lists are whole in their tooltip.
+            let title = if head == "tensor" || head == "ops" {
                 format!(" title=\"{}\"", escape(&c.text))
             } else {
                 String::new()
@@ -377,8 +421,11 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
     if !plotted.is_empty() {
         writeln!(
             out,
-            "<section id=\"plots\">\n<h2>The {} worst tensors</h2>\n<div class=\"plots\">",
-            plotted.len()
+            "<section id=\"plots\">\n<h2>{}</h2>\n<div class=\"plots\">",
+            match plotted.len() {
+                1 => "The worst tensor".to_owned(),
+                n => format!("The {n} worst tensors"),
+            }
         )?;
         for (i, r) in plotted.iter().enumerate() {
             let Some(h) = &r.histograms else { continue };
@@ -390,13 +437,13 @@ pub fn write_html(report: &Report, plots: usize, out: &mut dyn Write) -> io::Res
             writeln!(
                 out,
                 "<figcaption><b>{}</b> SQNR {} dB &middot; subgraph {} tensor {} \
-                 <code>{}</code> &middot; {} elements &middot; scale {} &middot; zero point {}</figcaption>",
+                 <code>{}</code> &middot; {} &middot; scale {} &middot; zero point {}</figcaption>",
                 i + 1,
                 escape(&sqnr_text(r)),
                 r.subgraph,
                 r.tensor,
                 escape(&r.name),
-                r.elements,
+                crate::text::count(r.elements as usize, "element", "elements"),
                 escape(&scale_text(r)),
                 escape(&zero_point_text(r)),
             )?;

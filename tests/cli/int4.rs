@@ -134,9 +134,10 @@ fn kernels_that_take_int8_only_keep_int8_and_say_why() {
     }
     assert!(
         text.contains(&format!(
-            "fallback: {} to int8: the hybrid UNIDIRECTIONAL_SEQUENCE_LSTM kernel takes int8 \
-             weights only, not int4",
-            int8.len()
+            "fallback: {} {} to int8: the hybrid UNIDIRECTIONAL_SEQUENCE_LSTM kernel takes \
+             int8 weights only, not int4",
+            int8.len(),
+            if int8.len() == 1 { "tensor" } else { "tensors" }
         )),
         "{text}"
     );

@@ -4,6 +4,7 @@
 //! written (a test copies a fixture first when it needs to change it).
 
 mod batch;
+mod docs;
 mod hostile;
 mod inspect;
 mod int4;

@@ -555,3 +555,368 @@ fn one_tensor_is_singular() {
         }
     }
 }
+
+/// Item 9: an output that is its input is one mistake with one exit code (2, a usage error),
+/// for a file, a file through a link and a folder; every subcommand's `--help` says so.
+#[test]
+fn the_output_being_the_input_is_exit_2_for_files_and_folders() {
+    let dir = tmp();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let model = models.join("m.tflite");
+    std::fs::copy(fixture("mlp.tflite"), &model).unwrap();
+    let link = dir.path().join("link.tflite");
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    let original = std::fs::read(&model).unwrap();
+    let cases: [(&std::path::Path, &std::path::Path); 4] = [
+        (&model, &model),
+        (&model, &link),
+        (&models, &models),
+        (&model, &models), // -o DIR with one file: DIR/m.tflite, the input itself
+    ];
+    for (input, output) in cases {
+        for extra in [&[][..], &["--dry-run"][..]] {
+            let mut args = vec!["quantize".as_ref(), input.as_os_str(), "-o".as_ref()];
+            args.push(output.as_os_str());
+            args.extend(extra.iter().map(std::ffi::OsStr::new));
+            let (code, _, stderr) = run(&args);
+            let what = format!(
+                "{} -o {} {extra:?}: {stderr}",
+                input.display(),
+                output.display()
+            );
+            assert_eq!(code, 2, "{what}");
+            assert!(stderr.contains("--in-place"), "{what}");
+            assert_eq!(std::fs::read(&model).unwrap(), original, "{what}");
+        }
+    }
+    for command in [&[][..], &["quantize"], &["inspect"], &["report"]] {
+        let mut args: Vec<&std::ffi::OsStr> = command.iter().map(|c| c.as_ref()).collect();
+        args.push("--help".as_ref());
+        let (code, stdout, _) = run(&args);
+        assert_eq!(code, 0);
+        let codes = stdout
+            .split("Exit codes:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{stdout}"));
+        for line in ["  0 ", "  1 ", "  2 ", "  3 ", "  4 ", "  130 "] {
+            assert!(codes.contains(line), "{command:?} lacks {line:?}: {codes}");
+        }
+        let two = codes
+            .split("  2 ")
+            .nth(1)
+            .unwrap()
+            .split("  3 ")
+            .next()
+            .unwrap();
+        let two = two.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            two.contains("an output that is its input, a file or a folder"),
+            "{two}"
+        );
+    }
+}
+
+/// Counts of one that read as plurals ("1 tensors", "1 exact tensors left out", "1 of 1
+/// models failed"): none in any text output of any subcommand.
+fn no_plural_after_one(text: &str) {
+    let re = regex::Regex::new(
+        r"(^|[^0-9.,])1 (exact )?(tensors|models|files|bytes|elements|layer pairs|problems|operators|subgraphs|buffers|scales|zero points)\b",
+    )
+    .unwrap();
+    assert!(re.find(text).is_none(), "{:?} in:\n{text}", re.find(text));
+}
+
+/// Item 12: a model where exactly one tensor is quantized (its largest float constant, from
+/// `inspect --json`), in quantize, report (all text formats), inspect and a batch with one
+/// broken model: every count of one is singular, and the plural stays for the others.
+#[test]
+fn a_count_of_one_is_singular_everywhere() {
+    let dir = tmp();
+    let model = fixture("cnn.tflite");
+    let (_, json_text, _) = run(&["inspect".as_ref(), model.as_os_str(), "--json".as_ref()]);
+    let inspected = json(json_text.as_bytes());
+    let elements = |c: &serde_json::Value| -> u64 {
+        c["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .product()
+    };
+    let mut sizes: Vec<u64> = inspected["constants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["dtype"] == "FLOAT32")
+        .map(elements)
+        .collect();
+    sizes.sort_unstable();
+    let largest = *sizes.last().unwrap();
+    assert!(sizes[sizes.len() - 2] < largest, "{sizes:?}");
+    let min = largest.to_string();
+    let mut all = String::new();
+    let go = |all: &mut String, args: &[&std::ffi::OsStr]| -> String {
+        let (_, stdout, stderr) = run(args);
+        let text = format!("{stdout}{stderr}");
+        all.push_str(&text);
+        text
+    };
+    let out = dir.path().join("one.tflite");
+    let summary = go(
+        &mut all,
+        &[
+            "quantize".as_ref(),
+            model.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--min-elements".as_ref(),
+            min.as_ref(),
+        ],
+    );
+    assert!(summary.contains("tensors:  1 quantized,"), "{summary}");
+    for format in ["table", "markdown", "csv"] {
+        go(
+            &mut all,
+            &[
+                "report".as_ref(),
+                model.as_os_str(),
+                "--against".as_ref(),
+                out.as_os_str(),
+                "--format".as_ref(),
+                format.as_ref(),
+            ],
+        );
+    }
+    let html = dir.path().join("r.html");
+    go(
+        &mut all,
+        &[
+            "report".as_ref(),
+            model.as_os_str(),
+            "--against".as_ref(),
+            out.as_os_str(),
+            "--format".as_ref(),
+            "html".as_ref(),
+            "-o".as_ref(),
+            html.as_os_str(),
+        ],
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("The worst tensor<"), "{page}");
+    all.push_str(&page);
+    go(&mut all, &["inspect".as_ref(), out.as_os_str()]);
+    // A batch of one good model and one text file that calls itself a model.
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    std::fs::copy(&model, models.join("a.tflite")).unwrap();
+    std::fs::write(models.join("b.tflite"), b"x").unwrap();
+    let outdir = dir.path().join("out");
+    let batch = go(
+        &mut all,
+        &[
+            "quantize".as_ref(),
+            models.as_os_str(),
+            "-o".as_ref(),
+            outdir.as_os_str(),
+            "--min-elements".as_ref(),
+            min.as_ref(),
+        ],
+    );
+    assert!(batch.contains(" 1 tensor "), "{batch}");
+    assert!(batch.contains("1 of 2 models failed"), "{batch}");
+    assert!(batch.contains("only 1 byte)"), "{batch}");
+    no_plural_after_one(&all);
+}
+
+/// The JSON lines of a batch: (path, kind, status) per file, sorted, and the totals.
+fn batch_lines(stdout: &str) -> (Vec<(String, String, String)>, serde_json::Value) {
+    let mut files = Vec::new();
+    let mut totals = serde_json::Value::Null;
+    for line in stdout.lines() {
+        let v = json(line.as_bytes());
+        if v["kind"] == "totals" {
+            totals = v;
+        } else {
+            let s = |k: &str| v[k].as_str().unwrap().to_owned();
+            files.push((s("path"), s("kind"), s("status")));
+        }
+    }
+    files.sort();
+    (files, totals)
+}
+
+/// Item 10: `tflq quantize models/* -o out` (the shell names every file) does what
+/// `tflq quantize models -o out` does: the README and a tiny file named among the models are
+/// counted as files that are not models, never "truncated" nor failed; with --copy-others
+/// they are copied. A model of another name, named explicitly, is still quantized.
+#[test]
+fn a_glob_of_a_models_folder_does_what_the_folder_does() {
+    let dir = tmp();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(models.join("vision")).unwrap();
+    std::fs::copy(fixture("mlp.tflite"), models.join("mlp.tflite")).unwrap();
+    std::fs::copy(fixture("cnn.tflite"), models.join("vision/cnn.tflite")).unwrap();
+    std::fs::write(models.join("README.txt"), "# My models\n\nmlp and cnn.\n").unwrap();
+    std::fs::write(models.join("x"), "hi").unwrap();
+    let mut glob: Vec<std::path::PathBuf> = std::fs::read_dir(&models)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    glob.sort();
+    assert_eq!(glob.len(), 4);
+    for extra in [&[][..], &["--copy-others"], &["--dry-run"]] {
+        let mut results = Vec::new();
+        for (i, inputs) in [vec![models.clone()], glob.clone()].into_iter().enumerate() {
+            let out = dir.path().join(format!("out{i}{}", extra.len()));
+            let mut args: Vec<&std::ffi::OsStr> = vec!["quantize".as_ref()];
+            args.extend(inputs.iter().map(|p| p.as_os_str()));
+            args.extend(["-o".as_ref(), out.as_os_str(), "--json".as_ref()]);
+            args.extend(extra.iter().map(std::ffi::OsStr::new));
+            let (code, stdout, stderr) = run(&args);
+            assert_eq!(code, 0, "{args:?}: {stderr}");
+            assert!(!stderr.contains("truncated"), "{stderr}");
+            let (files, totals) = batch_lines(&stdout);
+            assert_eq!(
+                (totals["models"].as_u64(), totals["others"].as_u64()),
+                (Some(2), Some(2))
+            );
+            assert_eq!(totals["failed"], 0, "{stdout}");
+            if extra.is_empty() {
+                assert!(out.join("mlp.tflite").exists() && out.join("vision/cnn.tflite").exists());
+                assert!(!out.join("README.txt").exists());
+            }
+            if extra == ["--copy-others"] {
+                assert_eq!(
+                    std::fs::read(out.join("README.txt")).unwrap(),
+                    std::fs::read(models.join("README.txt")).unwrap()
+                );
+            }
+            // The table says the same: two files that are not models.
+            args.retain(|a| *a != "--json");
+            let (_, table, _) = run(&args);
+            assert!(
+                table.contains("others:   2 files that are not models"),
+                "{table}"
+            );
+            results.push(files);
+        }
+        assert_eq!(results[0], results[1], "{extra:?}");
+        // Listed only when copied; never as a model.
+        let readme = results[1].iter().find(|f| f.0 == "README.txt");
+        assert!(readme.is_none_or(|r| r.1 == "other"), "{readme:?}");
+        assert_eq!(
+            readme.is_some(),
+            extra == ["--copy-others"],
+            "{:?}",
+            results[1]
+        );
+    }
+    // A model whose name is not .tflite, named explicitly: a model (it holds TFL3).
+    let bin = models.join("cnn.bin");
+    std::fs::copy(fixture("cnn.tflite"), &bin).unwrap();
+    let out = dir.path().join("out-bin");
+    let readme = models.join("README.txt");
+    let (code, stdout, stderr) = run(&[
+        "quantize".as_ref(),
+        bin.as_os_str(),
+        readme.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (files, _) = batch_lines(&stdout);
+    assert!(
+        files.contains(&("cnn.bin".into(), "model".into(), "quantized".into())),
+        "{files:?}"
+    );
+    let q = std::fs::read(out.join("cnn.bin")).unwrap();
+    assert!(q.len() * 2 < std::fs::read(&bin).unwrap().len());
+    // A text file named .tflite is a model that fails, and says why (not "truncated").
+    let fake = models.join("notes.tflite");
+    std::fs::write(&fake, "not a model at all\n").unwrap();
+    let (code, _, stderr) = run(&[
+        "quantize".as_ref(),
+        fake.as_os_str(),
+        readme.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("not a TFLite model: no TFL3 identifier"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("truncated"), "{stderr}");
+}
+
+/// Item 13: every plot of the HTML report names its axes (value, count, error in
+/// quantization steps), has a legend for the bars and the int8 grid's ticks, and draws its
+/// text at 12 pixels or more; the error axis spans half a step either side.
+#[test]
+fn the_html_plots_have_axis_names_a_legend_and_readable_labels() {
+    let dir = tmp();
+    let q = dir.path().join("q.tflite");
+    let html = dir.path().join("r.html");
+    let model = fixture("cnn.tflite");
+    let (code, _, stderr) = run(&[
+        "quantize".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        q.as_os_str(),
+        "-q".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run(&[
+        "report".as_ref(),
+        model.as_os_str(),
+        "--against".as_ref(),
+        q.as_os_str(),
+        "-o".as_ref(),
+        html.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    let svgs: Vec<&str> = page.split("<svg").skip(1).collect();
+    assert!(!svgs.is_empty(), "{page}");
+    let text = regex::Regex::new(r"<text[^>]*>\s*([^<]*?)\s*</text>").unwrap();
+    let size = regex::Regex::new(r#"<text[^>]*font-size="([0-9.]+)""#).unwrap();
+    for svg in svgs {
+        let svg = svg.split("</svg>").next().unwrap();
+        let texts: Vec<&str> = text
+            .captures_iter(svg)
+            .map(|c| c.get(1).unwrap().as_str())
+            .collect();
+        let has = |s: &str| texts.iter().any(|t| t.contains(s));
+        assert!(has("value"), "{texts:?}");
+        assert_eq!(
+            texts.iter().filter(|t| **t == "count").count(),
+            2,
+            "{texts:?}"
+        );
+        assert!(has("in quantization steps"), "{texts:?}");
+        assert!(has("int8 grid: one tick per code"), "{texts:?}");
+        assert!(has("float weights per bin"), "{texts:?}");
+        // The error axis' ticks (the labels with a decimal point after its name) lie within
+        // half a step either side of 0, on both sides.
+        let at = texts
+            .iter()
+            .position(|t| t.contains("in quantization steps"))
+            .unwrap();
+        let ticks: Vec<f64> = texts[at..]
+            .iter()
+            .filter(|t| t.contains('.') && !t.contains(' '))
+            .map(|t| t.parse().unwrap())
+            .collect();
+        assert!(ticks.iter().all(|t| t.abs() <= 0.5), "{ticks:?}");
+        assert!(
+            ticks.iter().any(|&t| t <= -0.2) && ticks.iter().any(|&t| t >= 0.2),
+            "{ticks:?}"
+        );
+        for c in size.captures_iter(svg) {
+            let px: f64 = c[1].parse().unwrap();
+            assert!(px >= 12.0, "{px}-pixel text");
+        }
+    }
+}

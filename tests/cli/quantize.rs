@@ -391,7 +391,7 @@ fn output_equal_to_input_needs_in_place() {
         .arg("-o")
         .arg(&model)
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicates::str::contains("--in-place"));
     assert_eq!(std::fs::read(&model).unwrap(), original);
     assert_eq!(entries(dir.path()), ["m.tflite"]);

@@ -61,10 +61,20 @@ fn mutations_long_run() {
 #[test]
 fn mutation_case_from_env() {
     let (what, bytes) = if let Ok(path) = std::env::var("TFLQ_MUTATION_FILE") {
-        (path.clone(), std::fs::read(&path).unwrap())
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "TFLQ_MUTATION_FILE={path}: cannot read it ({e}); a mutation run saves each \
+                 failing case under target/tmp/mutate-failures/ (none is there until a run \
+                 fails), or rerun a case by number with TFLQ_MUTATION_SEED and TFLQ_MUTATION_CASE"
+            )
+        });
+        (path.clone(), bytes)
     } else if let Ok(i) = std::env::var("TFLQ_MUTATION_CASE") {
         let seed = env_u64("TFLQ_MUTATION_SEED", 1);
-        harness::case(seed, i.parse().unwrap())
+        let i = i.parse().unwrap_or_else(|_| {
+            panic!("TFLQ_MUTATION_CASE={i}: not a case number (a whole number from 0)")
+        });
+        harness::case(seed, i)
     } else {
         return;
     };
