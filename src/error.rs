@@ -382,6 +382,13 @@ pub enum Error {
     /// The model is invalid (no file name known: the in-memory API).
     #[error(transparent)]
     Invalid(Box<ModelError>),
+    /// The plan given (`--plan`) cannot be applied exactly: one line per tensor, naming it
+    /// and the rule.
+    #[error("the plan cannot be applied exactly:\n  {}", conflicts.join("\n  "))]
+    Plan {
+        /// What stands in the way, per tensor.
+        conflicts: Vec<String>,
+    },
     /// The quantizer could not write the model to the given writer.
     #[error("cannot write the output: {0}")]
     Write(#[source] std::io::Error),

@@ -81,6 +81,11 @@ pub fn quantize(input: &[u8], opts: &Options) -> Result<Output> {
 pub fn quantize_to<W: Write>(input: &[u8], opts: &Options, mut out: W) -> Result<Summary> {
     let model = Model::parse(input)?;
     let plan = plan::plan(&model, opts);
+    if !plan.conflicts().is_empty() {
+        return Err(Error::Plan {
+            conflicts: plan.conflicts().to_vec(),
+        });
+    }
     if plan.jobs().is_empty() && plan.overrides().is_empty() {
         out.write_all(input)
             .and_then(|()| out.flush())

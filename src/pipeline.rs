@@ -95,8 +95,13 @@ pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<
 pub fn plan_file(path: &Path, opts: &Options) -> Result<usize> {
     read_model(path, |model| {
         let plan = crate::plan::plan(model, opts);
-        plan.jobs().iter().map(|j| j.users.len()).sum()
-    })
+        if !plan.conflicts().is_empty() {
+            return Err(Error::Plan {
+                conflicts: plan.conflicts().to_vec(),
+            });
+        }
+        Ok(plan.jobs().iter().map(|j| j.users.len()).sum())
+    })?
 }
 
 /// Parses the model at `path` and gives it to `f` (for commands that only read); fails if
@@ -121,6 +126,11 @@ fn read_models<T>(a: &Path, b: &Path, f: impl FnOnce(&Model<'_>, &Model<'_>) -> 
 /// [`report()`] of the model at `path`.
 pub fn report_file(path: &Path, opts: &ReportOptions) -> Result<Report> {
     let mut r = read_model(path, |model| report(model, opts))?;
+    if !r.plan_conflicts.is_empty() {
+        return Err(Error::Plan {
+            conflicts: r.plan_conflicts,
+        });
+    }
     r.model = Some(path.display().to_string());
     Ok(r)
 }

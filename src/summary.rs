@@ -117,6 +117,21 @@ pub struct Summary {
     pub warnings: Vec<String>,
     /// Wall time of the run in seconds (0 when not measured).
     pub seconds: f64,
+    /// With a plan or `--target-sqnr`: tensors and stored bytes per encoding (`float32`:
+    /// kept float by the plan), else empty.
+    pub by_encoding: BTreeMap<String, EncodingTotal>,
+    /// The plan this run used (`--write-plan`).
+    #[serde(skip)]
+    pub plan: crate::plan::assign::PlanFile,
+}
+
+/// Tensors and stored bytes that went to one encoding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EncodingTotal {
+    /// Tensors.
+    pub tensors: usize,
+    /// Stored bytes (codes and block scales; buffers shared by tensors counted once).
+    pub bytes: u64,
 }
 
 impl Summary {
@@ -269,6 +284,8 @@ impl Summary {
             equalized_pairs: plan.equalized_pairs(),
             warnings,
             seconds: 0.0,
+            by_encoding: by_encoding(plan),
+            plan: plan.to_file(),
         }
     }
 
@@ -280,6 +297,31 @@ impl Summary {
                 .total_cmp(&b.sqnr_db.unwrap_or(f64::INFINITY))
         })
     }
+}
+
+/// [`Summary::by_encoding`] of `plan`.
+fn by_encoding(plan: &Plan<'_>) -> BTreeMap<String, EncodingTotal> {
+    let mut m: BTreeMap<String, EncodingTotal> = BTreeMap::new();
+    if !plan.planned() {
+        return m;
+    }
+    for job in plan.jobs() {
+        let e = m.entry(job.encoding.name().to_owned()).or_default();
+        e.tensors += job.users.len();
+        e.bytes += job.stored_bytes() + job.scale_bytes();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (t, r) in plan.skipped() {
+        if let crate::plan::SkipReason::PlannedFloat { .. } = r {
+            let e = m.entry("float32".to_owned()).or_default();
+            e.tensors += 1;
+            let b = plan.model().tensor(*t).buffer;
+            if seen.insert(b) {
+                e.bytes += plan.model().buffer_data(b).len() as u64;
+            }
+        }
+    }
+    m
 }
 
 impl std::fmt::Display for Summary {
@@ -328,6 +370,14 @@ impl std::fmt::Display for Summary {
                 f,
                 "fallback: {} to {encoding}: {why}",
                 crate::text::count(n, "tensor", "tensors")
+            )?;
+        }
+        for (encoding, t) in &self.by_encoding {
+            writeln!(
+                f,
+                "planned:  {:>5} tensors {encoding}: {}",
+                t.tensors,
+                human(t.bytes)
             )?;
         }
         writeln!(

@@ -31,6 +31,8 @@ pub struct QuantArgs {
     pub block_size: usize,
     pub target: String,
     pub layout: String,
+    /// A plan document (JSON text), as `--plan` reads it.
+    pub plan: Option<String>,
 }
 
 /// What went wrong, sorted by the Python exception it becomes.
@@ -79,6 +81,7 @@ impl From<tflq::Error> for Failure {
             tflq::Error::NotAFile { path } => file_failure(message, path, "NotAFile"),
             tflq::Error::Changed { path, .. } => file_failure(message, path, "Changed"),
             tflq::Error::SameFile { path } => file_failure(message, path, "SameFile"),
+            tflq::Error::Plan { .. } => Failure::Usage(message),
             tflq::Error::Write(source) => Failure::Io {
                 kind: Some(format!("{:?}", source.kind())),
                 errno: source.raw_os_error(),
@@ -190,6 +193,13 @@ pub fn options(a: &QuantArgs) -> Res<Options> {
             ],
         )?,
         equalize: a.equalize,
+        assignment: match &a.plan {
+            None => None,
+            Some(text) => Some(std::sync::Arc::new(
+                tflq::plan::assign::Assignment::parse(text)
+                    .map_err(|e| Failure::Usage(format!("plan: {e}")))?,
+            )),
+        },
         target: pick(
             "target",
             &a.target,

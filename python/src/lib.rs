@@ -65,6 +65,7 @@ fn quant_args(d: &Bound<'_, PyDict>) -> PyResult<QuantArgs> {
         block_size: get(d, "block_size")?,
         target: get(d, "target")?,
         layout: get(d, "layout")?,
+        plan: get(d, "plan")?,
     })
 }
 

@@ -71,6 +71,7 @@ __all__ = [
     "quantize_bytes",
     "quantize_dir",
     "report",
+    "tune",
     "validate",
 ]
 
@@ -89,6 +90,7 @@ _DEFAULTS: Dict[str, Any] = {
     "block_size": 32,
     "target": "litert",
     "layout": "auto",
+    "plan": None,
 }
 
 
@@ -118,6 +120,11 @@ def _options(where: str, given: Dict[str, Any]) -> Dict[str, Any]:
                 raise OptionError(f"{key} must be >= 0, not {value}")
         elif key in ("symmetric", "quantize_biases", "equalize"):
             value = bool(value)
+        elif key == "plan":
+            if isinstance(value, dict):
+                value = _json.dumps(value)
+            elif value is not None and not isinstance(value, str):
+                raise TypeError(f"plan must be a dict or JSON text, not {type(value).__name__}")
         elif key == "exclude_tensors":
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"exclude_tensors must be a str, not {type(value).__name__}")
@@ -474,7 +481,45 @@ def __getattr__(name: str) -> Any:
         from . import _validate
 
         return getattr(_validate, name)
+    if name == "TuneResult":
+        from . import _tune
+
+        return _tune.TuneResult
     raise AttributeError(f"module 'tflq' has no attribute {name!r}")
+
+
+def tune(
+    original: PathLike,
+    output: PathLike,
+    *,
+    target_sqnr: float = 30.0,
+    inputs: Any = None,
+    holdout: float = 0.3,
+    time_budget_s: Optional[float] = None,
+    seed: int = 0,
+    xnnpack: bool = True,
+) -> Any:
+    """Writes to ``output`` the smallest model (a per-tensor plan of int4 per-channel, int8
+    per-channel and float16 weights) whose worst output SQNR in LiteRT meets ``target_sqnr``
+    on the inputs used for choosing, and its plan next to it (``output`` without extension +
+    ``.plan.json``, as ``tflq quantize --plan`` reads it). ``inputs`` as for :func:`validate`
+    (None: 10 seeded random sets); ``holdout``: the share of the sets kept out of the choice
+    and measured after it. Returns a ``TuneResult`` with both figures (``choosing_sqnr_db``,
+    ``holdout_sqnr_db``), the sizes and figures of the uniform schemes, the time taken and
+    the LiteRT invocations used. Needs ``pip install 'tflq[validate]'``.
+    """
+    from . import _tune
+
+    return _tune.tune(
+        original,
+        output,
+        target_sqnr=target_sqnr,
+        inputs=inputs,
+        holdout=holdout,
+        time_budget_s=time_budget_s,
+        seed=seed,
+        xnnpack=xnnpack,
+    )
 
 
 def validate(  # noqa: F811 - documented here, implemented in tflq._validate

@@ -7,6 +7,11 @@ module), plus:
     Run both models in LiteRT on the same inputs and compare every output. Exit codes: 0,
     1 (a model cannot be loaded or run, or gives new NaN/Inf), 2 (usage), 3 (an output's SQNR
     is below ``--min-sqnr``).
+``tflq tune ORIGINAL -o OUTPUT [--target-sqnr DB] [--inputs F.npz] [--holdout F] [--json]``
+    The smallest per-tensor plan whose worst output SQNR, run in LiteRT, meets the target on
+    the choosing share of the inputs; writes OUTPUT and its plan (OUTPUT without extension +
+    ``.plan.json``) and prints both the choosing and the held-out figures. Exit codes: 0, 1
+    (a model cannot be run), 2 (usage), 3 (the target is not met on the choosing share).
 ``tflq report MODEL [--against Q] --format model-explorer [-o FILE]``
     Model Explorer's per-node data: each weight's SQNR keyed by tensor name.
 """
@@ -25,6 +30,8 @@ EXTRA_HELP = """
 Python package only:
   validate  Run the original and the quantized model in LiteRT and compare their outputs
             (tflq validate --help)
+  tune      The smallest per-tensor plan whose outputs meet a target SQNR in LiteRT
+            (tflq tune --help)
   report --format model-explorer  Model Explorer per-node data of the weights' SQNR
 """
 
@@ -83,6 +90,73 @@ def _validate(argv: List[str]) -> int:
             )
             return EXIT_GATE
     return EXIT_OK
+
+
+def _tune(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="tflq tune",
+        description="Choose each weight's encoding (int4 or int8 per channel, float16) so that the file is "
+        "smallest while the worst output SQNR, run in LiteRT, meets --target-sqnr on the choosing share of "
+        "the inputs; then measure the held-out share. Writes OUTPUT and its plan.",
+        epilog="Exit codes: 0 success; 1 a model cannot be run; 2 invalid command line or inputs; 3 the "
+        "target is not met on the choosing share; 130 interrupted.",
+    )
+    p.add_argument("original", metavar="ORIGINAL")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT")
+    p.add_argument("--target-sqnr", type=float, default=30.0, metavar="DB", help="worst output SQNR to meet (default 30)")
+    p.add_argument("--inputs", metavar="FILE.npz", help="input sets (default: seeded random values)")
+    p.add_argument("--holdout", type=float, default=0.3, metavar="F", help="share of the input sets held out (default 0.3)")
+    p.add_argument("--time-budget", type=float, metavar="S", help="seconds to aim for")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON (infinite SQNR as null)")
+    args = p.parse_args(argv)
+    import tflq
+
+    inputs = None
+    if args.inputs:
+        import numpy as np
+
+        try:
+            with np.load(args.inputs, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:
+            print(f"tflq: error: --inputs {args.inputs}: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        # Arrays with a leading axis of input sets: one set per index.
+        counts = {len(v) for v in arrays.values() if v.ndim > 0}
+        n = counts.pop() if len(counts) == 1 else 1
+        inputs = [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(n)]
+    try:
+        r = tflq.tune(
+            args.original,
+            args.output,
+            target_sqnr=args.target_sqnr,
+            inputs=inputs,
+            holdout=args.holdout,
+            time_budget_s=args.time_budget,
+            seed=args.seed,
+        )
+    except tflq.OptionError as e:
+        print(f"tflq: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (tflq.Error, ImportError) as e:
+        print(f"tflq: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    d = r.to_dict()
+    if args.json:
+        print(json.dumps(r.to_json_dict(), indent=2))
+    else:
+        print(f"{d['original']} -> {d['output']} (plan: {d['plan']})")
+        print(f"target:    {d['target_sqnr_db']:.1f} dB worst output SQNR")
+        print(f"choosing:  {_db(d['choosing_sqnr_db'])} on {len(d['choosing_sets'])} input sets")
+        held = "no held-out sets" if d["holdout_sqnr_db"] is None else f"{_db(d['holdout_sqnr_db'])} on {len(d['holdout_sets'])} input sets"
+        print(f"held out:  {held}")
+        print("encodings: " + ", ".join(f"{n} {k}" for k, n in sorted(d["encodings"].items())))
+        print(f"size:      {d['bytes']} bytes (float32 {d['original_bytes']})")
+        for name, u in d["uniform"].items():
+            print(f"  uniform {name:<17} {u['bytes']:>10} bytes  {_db(u['choosing_sqnr_db'])}")
+        print(f"time:      {d['seconds']:.1f} s, {d['invocations']} LiteRT invocations")
+    return EXIT_OK if d["met"] else EXIT_GATE
 
 
 def _db(v: float) -> str:
@@ -158,6 +232,8 @@ def run(argv: List[str]) -> int:
     try:
         if argv[:1] == ["validate"]:
             return _validate(argv[1:])
+        if argv[:1] == ["tune"]:
+            return _tune(argv[1:])
         if argv[:1] == ["report"] and _is_model_explorer(argv[1:]):
             return _model_explorer_report([a for a in argv[1:]])
     except KeyboardInterrupt:

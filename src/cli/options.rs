@@ -72,6 +72,17 @@ pub struct QuantArgs {
     /// --mode dynamic, --granularity per-channel and --type float16 are refused).
     #[arg(long, value_enum, default_value_t = TargetArg::Litert)]
     target: TargetArg,
+    /// Apply the plan in FILE exactly (JSON, `{"tflq_plan": 1, "tensors": [...]}`, as
+    /// --write-plan or `report --format plan` write it): each listed tensor gets its
+    /// encoding, unlisted ones stay float32; a tensor whose readers cannot take its encoding
+    /// is an error.
+    #[arg(long, value_name = "FILE", conflicts_with = "target_sqnr")]
+    plan: Option<std::path::PathBuf>,
+    /// Data-free target: each weight gets the smallest encoding its readers take in this mode
+    /// (int2/int4 per-channel, int4 blocks, int8 per-tensor or per-channel, float16) whose
+    /// weight SQNR is at least DB; float32 if none.
+    #[arg(long, value_name = "DB")]
+    target_sqnr: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -181,6 +192,22 @@ impl QuantArgs {
             target: match self.target {
                 TargetArg::Litert => Target::Litert,
                 TargetArg::Micro => Target::Micro,
+            },
+            assignment: match &self.plan {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("--plan {}: {e}", path.display()))?;
+                    let a = crate::plan::assign::Assignment::parse(&text)
+                        .map_err(|e| anyhow::anyhow!("--plan {}: {e}", path.display()))?;
+                    Some(std::sync::Arc::new(a))
+                }
+            },
+            target_sqnr: match self.target_sqnr {
+                Some(db) if !db.is_finite() => {
+                    bail!("--target-sqnr {db}: must be a finite number of dB")
+                }
+                other => other,
             },
         };
         if let Some(why) = options.conflict() {

@@ -57,6 +57,10 @@ pub struct Args {
     /// Format of --report [default: from its extension, else table].
     #[arg(long, value_name = "FORMAT", value_parser = crate::report::Format::NAMES, requires = "report")]
     report_format: Option<String>,
+    /// Also write the plan this run used to FILE (JSON, as --plan reads it: every quantized
+    /// tensor's encoding; one input file only).
+    #[arg(long, value_name = "FILE")]
+    write_plan: Option<PathBuf>,
     /// Models processed at once [default: the number of cores].
     #[arg(short, long, value_name = "N", help_heading = BATCH)]
     jobs: Option<NonZeroUsize>,
@@ -84,7 +88,7 @@ struct JsonSummary<'a> {
 }
 
 pub fn run(args: Args, cancel: &Cancel) -> Result<i32> {
-    let file = FileOptions {
+    let mut file = FileOptions {
         quant: match args.quant.to_options() {
             Ok(o) => o,
             Err(e) => {
@@ -107,6 +111,16 @@ pub fn run(args: Args, cancel: &Cancel) -> Result<i32> {
             "tflq: error: --report writes the report of one model: it needs exactly one input file"
         );
         return Ok(exit::USAGE);
+    }
+    if args.write_plan.is_some() {
+        eprintln!(
+            "tflq: error: --write-plan writes the plan of one model: it needs exactly one input file"
+        );
+        return Ok(exit::USAGE);
+    }
+    // One plan serves a batch of models of one architecture: names alone decide.
+    if let Some(a) = &mut file.quant.assignment {
+        std::sync::Arc::make_mut(a).check_buffers = false;
     }
     if is_stdout(args.output.as_deref()) {
         eprintln!(
@@ -193,6 +207,10 @@ fn run_single(args: &Args, opts: &FileOptions) -> Result<i32> {
             return Err(e.into());
         }
     };
+    if let Some(path) = &args.write_plan {
+        let text = serde_json::to_string_pretty(&summary.plan)? + "\n";
+        std::fs::write(path, text).map_err(|e| crate::Error::io(path, "write the plan", e))?;
+    }
     // The model is written: its summary is printed even if the report then fails.
     let reported = args.report.as_ref().map(|report| {
         let format = args.report_format.as_deref();

@@ -32,6 +32,10 @@ struct Read {
 pub(super) struct Encoded {
     pub jobs: Vec<(BufferJob, Vec<TensorRef>)>,
     pub clamped: Vec<TensorRef>,
+    /// Candidates a plan or target keeps float32, with why.
+    pub planned_float: Vec<(TensorRef, super::SkipReason)>,
+    /// Why the plan cannot be applied exactly.
+    pub conflicts: Vec<String>,
 }
 
 pub(super) fn encode<'d>(
@@ -42,9 +46,53 @@ pub(super) fn encode<'d>(
     hybrid: &BTreeSet<OpRef>,
     opts: &Options,
 ) -> Encoded {
-    let mut jobs = Vec::new();
-    let mut clamped = Vec::new();
+    let mut out = Encoded {
+        jobs: Vec::new(),
+        clamped: Vec::new(),
+        planned_float: Vec::new(),
+        conflicts: Vec::new(),
+    };
+    if let Some(a) = &opts.assignment {
+        super::assign::check_listed(model, selected, a, &mut out.conflicts);
+    }
     for (&buffer, users) in &selected.candidates {
+        let one = |opts: &Options| job(model, data, readers, selected, hybrid, buffer, users, opts);
+        let chosen = match (&opts.assignment, opts.target_sqnr) {
+            (Some(a), _) => super::assign::planned(model, a, users, opts, &one, &mut out.conflicts),
+            (None, Some(db)) => super::assign::by_sqnr(model, data(buffer), users, opts, db, &one),
+            (None, None) => Ok(one(opts)),
+        };
+        match chosen {
+            Ok((job, clamped)) => {
+                if clamped {
+                    out.clamped.extend(users.iter().copied());
+                }
+                out.jobs.push((job, users.clone()));
+            }
+            Err(why) => out.planned_float.extend(
+                users
+                    .iter()
+                    .map(|&u| (u, super::SkipReason::PlannedFloat { why: why.clone() })),
+            ),
+        }
+    }
+    out
+}
+
+/// The job of one buffer with `opts`, and whether its float16 values were clamped.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn job(
+    model: &Model<'_>,
+    data: &Data<'_>,
+    readers: &Readers,
+    selected: &Selection,
+    hybrid: &BTreeSet<OpRef>,
+    buffer: u32,
+    users: &[TensorRef],
+    opts: &Options,
+) -> (BufferJob, bool) {
+    let mut clamped = false;
+    {
         let range = selected.ranges[&buffer];
         let t = model.tensor(users[0]);
         let shape: Vec<usize> = t.shape.iter().map(|&d| d.max(0) as usize).collect();
@@ -77,7 +125,7 @@ pub(super) fn encode<'d>(
         let (encoding, fallback, searched) = match opts.weight_type.bits() {
             None => {
                 if range.min < -F16_MAX || range.max > F16_MAX {
-                    clamped.extend(users.iter().copied());
+                    clamped = true;
                 }
                 (Encoding::Float16, None, None)
             }
@@ -120,9 +168,8 @@ pub(super) fn encode<'d>(
             fallback: other,
             range: searched,
         };
-        jobs.push((job, users.clone()));
+        (job, clamped)
     }
-    Encoded { jobs, clamped }
 }
 
 /// One buffer to encode, with what the decisions read.

@@ -13,6 +13,7 @@
 //! reused across subgraphs or signatures) is quantized once, and only when every tensor
 //! that reads it qualifies, so that all of them stay consistent.
 
+pub mod assign;
 mod encode;
 mod route;
 mod select;
@@ -61,12 +62,24 @@ pub struct Options {
     pub block_size: usize,
     /// The runtime the output must compute right on.
     pub target: Target,
+    /// A plan (`--plan`): each listed tensor gets its own encoding, exactly, and the rest
+    /// stay float32; the fields above give the rest of the options.
+    pub assignment: Option<std::sync::Arc<assign::Assignment>>,
+    /// `--target-sqnr DB`: each tensor gets the smallest encoding its readers take whose
+    /// weight SQNR is at least DB (else it stays float32).
+    pub target_sqnr: Option<f64>,
 }
 
 impl Options {
     /// Why these options cannot be used together, if so: the one check the command line
     /// and the Python package make before running (messages name the command's flags).
     pub fn conflict(&self) -> Option<String> {
+        if self.target == Target::Micro && (self.assignment.is_some() || self.target_sqnr.is_some())
+        {
+            return Some(
+                "--target micro takes per-tensor int8 only: not --plan or --target-sqnr".to_owned(),
+            );
+        }
         let sub_byte = matches!(self.weight_type, WeightType::Int4 | WeightType::Int2);
         if self.granularity == Granularity::Block && !sub_byte {
             return Some("--granularity block needs --type int4 or int2".to_owned());
@@ -194,6 +207,8 @@ impl Default for Options {
             equalize_only: false,
             block_size: 32,
             target: Target::Litert,
+            assignment: None,
+            target_sqnr: None,
         }
     }
 }
@@ -326,6 +341,11 @@ pub enum SkipReason {
         /// The operator's name ("none" when no operator reads it).
         op: String,
     },
+    /// The plan (`--plan`, `--target-sqnr`) keeps it float32.
+    PlannedFloat {
+        /// Why: "float32 in the plan", "not in the plan", or the SQNR target no encoding met.
+        why: String,
+    },
 }
 
 impl SkipReason {
@@ -348,6 +368,7 @@ impl SkipReason {
             SkipReason::Bias { .. } => "bias",
             SkipReason::ChannelVector { .. } => "channel_vector",
             SkipReason::NotIncludedOp { .. } => "not_included_op",
+            SkipReason::PlannedFloat { .. } => "planned_float",
         }
     }
 }
@@ -390,6 +411,7 @@ impl std::fmt::Display for SkipReason {
             SkipReason::NotIncludedOp { op } => {
                 write!(f, "read by {op}, which --include-ops does not list")
             }
+            SkipReason::PlannedFloat { why } => write!(f, "planned float32: {why}"),
         }
     }
 }
@@ -504,12 +526,65 @@ pub struct Plan<'m> {
     overrides: BTreeMap<u32, Vec<u8>>,
     equalized_pairs: usize,
     target: Target,
+    /// Why the plan (`--plan`) cannot be applied exactly, one line per tensor.
+    conflicts: Vec<String>,
+    /// Made from a plan or `--target-sqnr`.
+    planned: bool,
 }
 
 impl<'m> Plan<'m> {
     /// The runtime the plan is made for.
     pub fn target(&self) -> Target {
         self.target
+    }
+
+    /// Why the given plan (`--plan`) cannot be applied exactly: one message per tensor,
+    /// naming it and the rule (empty without a plan, or when it applies).
+    pub fn conflicts(&self) -> &[String] {
+        &self.conflicts
+    }
+
+    /// The plan document describing what this plan does (`--write-plan`): every quantized
+    /// tensor with its encoding, and every tensor a plan or target kept float32.
+    pub fn to_file(&self) -> assign::PlanFile {
+        let mut tensors = Vec::new();
+        let name = |t: TensorRef| self.model.tensor(t).name.clone();
+        for job in &self.jobs {
+            for u in &job.users {
+                tensors.push(assign::entry_of(
+                    u.tensor.subgraph,
+                    &name(u.tensor),
+                    job.buffer,
+                    &job.encoding,
+                    job.range.is_some(),
+                ));
+            }
+        }
+        for (t, r) in &self.skipped {
+            if let SkipReason::PlannedFloat { .. } = r {
+                let mut e = assign::entry_of(
+                    t.subgraph,
+                    &name(*t),
+                    self.model.tensor(*t).buffer,
+                    &Encoding::Float16,
+                    false,
+                );
+                e.kind = assign::Kind::Float32;
+                tensors.push(e);
+            }
+        }
+        tensors
+            .sort_by(|a, b| (a.subgraph, a.buffer, &a.name).cmp(&(b.subgraph, b.buffer, &b.name)));
+        assign::PlanFile {
+            tflq_plan: assign::VERSION,
+            equalize: self.equalized_pairs > 0,
+            tensors,
+        }
+    }
+
+    /// Whether the encodings come from a plan or `--target-sqnr`, not uniform options.
+    pub fn planned(&self) -> bool {
+        self.planned
     }
 
     /// The model the plan was made for.
@@ -586,10 +661,18 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
     let mut selected = select::select(model, &readers, opts);
     let equalization = if opts.equalize_only
         || (opts.equalize
-            && opts.weight_type == WeightType::Int8
-            && opts.granularity == Granularity::PerTensor)
-    {
-        crate::equalize::find_where(model, |b| selected.candidates.contains_key(&b))
+            && opts.target_sqnr.is_none()
+            && opts.assignment.as_ref().map_or(
+                opts.weight_type == WeightType::Int8 && opts.granularity == Granularity::PerTensor,
+                |a| a.equalize,
+            )) {
+        crate::equalize::find_where(model, |b| {
+            selected.candidates.get(&b).is_some_and(|users| {
+                opts.assignment
+                    .as_ref()
+                    .is_none_or(|a| a.equalizes(model, users))
+            })
+        })
     } else {
         Default::default()
     };
@@ -619,6 +702,7 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
     let encoded = encode::encode(model, &data, &readers, &selected, &hybrid, opts);
     let routed = route::users(model, &readers, encoded.jobs, &hybrid);
     let mut skipped = selected.skipped;
+    skipped.extend(encoded.planned_float);
     skipped.sort_by_key(|(r, _)| *r);
     Plan {
         model,
@@ -630,6 +714,8 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
         equalized_pairs: equalization.pairs.len(),
         overrides,
         target: opts.target,
+        conflicts: encoded.conflicts,
+        planned: opts.assignment.is_some() || opts.target_sqnr.is_some(),
     }
 }
 

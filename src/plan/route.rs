@@ -81,7 +81,10 @@ pub(super) fn users(
             let direct: Vec<(usize, usize)> = r
                 .iter()
                 .copied()
-                .filter(|&(oi, slot)| direct(u.subgraph, oi, slot))
+                // A plan may give a hybrid reader's weight float16: it goes through DEQUANTIZE.
+                .filter(|&(oi, slot)| {
+                    job.encoding.codes().is_some() && direct(u.subgraph, oi, slot)
+                })
                 .collect();
             let is_output = model.subgraphs()[u.subgraph]
                 .outputs
@@ -112,6 +115,17 @@ pub(super) fn users(
         let Some(spec) = ops::hybrid(o.op) else {
             continue;
         };
+        // A plan kept its weights float32 or float16: the float kernel runs, unchanged.
+        let reads_codes = spec.slots.iter().any(|&slot| {
+            o.inputs
+                .get(slot)
+                .and_then(|&t| sg.tensors.get(usize::try_from(t).ok()?))
+                .and_then(|t| job_of(t.buffer))
+                .is_some_and(|j| j.encoding.codes().is_some())
+        });
+        if !reads_codes {
+            continue;
+        }
         let per_channel = spec.slots.iter().any(|&slot| {
             o.inputs
                 .get(slot)

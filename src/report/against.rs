@@ -445,6 +445,8 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
         }
     }
     let mut report = Report::new(rows, skipped, unmatched);
+    // `--format plan`: the plan the options make for the float model.
+    report.plan = Some(crate::plan::plan(float, &opts.quant).to_file());
     // A real original reconstructs with an error far below the signal; 0 dB or less means
     // the operators lined up but the float model is not the one this model was made from.
     report.warnings = report

@@ -20,11 +20,13 @@ pub enum Format {
     Markdown,
     /// One self-contained page with plots.
     Html,
+    /// The plan the options would use, as `--plan` reads it (JSON).
+    Plan,
 }
 
 impl Format {
     /// Every format's name, as the command line spells it.
-    pub const NAMES: [&'static str; 5] = ["table", "json", "csv", "markdown", "html"];
+    pub const NAMES: [&'static str; 6] = ["table", "json", "csv", "markdown", "html", "plan"];
 
     /// The format called `name` (see [`Format::NAMES`]).
     pub fn from_name(name: &str) -> Option<Format> {
@@ -34,6 +36,7 @@ impl Format {
             "csv" => Format::Csv,
             "markdown" | "md" => Format::Markdown,
             "html" => Format::Html,
+            "plan" => Format::Plan,
             _ => return None,
         })
     }
@@ -80,6 +83,16 @@ pub fn write_report(
         Format::Csv => super::csv::write_csv(report, out),
         Format::Markdown => super::markdown::write_markdown(report, out),
         Format::Html => super::html::write_html(report, opts.plots, out),
+        Format::Plan => match &report.plan {
+            Some(plan) => {
+                serde_json::to_writer_pretty(&mut *out, plan).map_err(io::Error::other)?;
+                writeln!(out)
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no plan in this report",
+            )),
+        },
     }
 }
 
@@ -100,9 +113,9 @@ pub fn write_reports(
                 .try_for_each(|r| super::csv::write_csv_rows(r, out))
         }
         Format::Json => super::json::write_json_array(reports, out),
-        Format::Html => Err(io::Error::new(
+        Format::Html | Format::Plan => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the HTML report takes one model; use csv, json, markdown or table for several",
+            "the HTML report and the plan take one model; use csv, json, markdown or table for several",
         )),
         Format::Table | Format::Markdown => {
             for (i, r) in reports.iter().enumerate() {

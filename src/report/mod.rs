@@ -264,6 +264,12 @@ pub struct Report {
     pub equalized_pairs: Option<usize>,
     /// What the report measures: the weights, not the model's outputs.
     pub measures: &'static str,
+    /// The plan the options make (planned reports; `--format plan`).
+    #[serde(skip)]
+    pub plan: Option<crate::plan::assign::PlanFile>,
+    /// Why the given `--plan` cannot be applied exactly (planned reports).
+    #[serde(skip)]
+    pub plan_conflicts: Vec<String>,
 }
 
 /// What every report says it measures, in every format.
@@ -333,6 +339,8 @@ impl Report {
             warnings: Vec::new(),
             equalized_pairs: None,
             measures: MEASURES,
+            plan: None,
+            plan_conflicts: Vec::new(),
         }
     }
 }
@@ -481,6 +489,8 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
     let mut report = Report::new(rows, skipped, Vec::new());
     report.equalized_pairs = Some(plan.equalized_pairs());
     report.min_elements = Some(opts.quant.min_elements);
+    report.plan = Some(plan.to_file());
+    report.plan_conflicts = plan.conflicts().to_vec();
     // Per-channel asked for, per-tensor used: said, with how many and why.
     let fallbacks = plan.jobs().iter().flat_map(|job| {
         job.per_channel_fallback

@@ -10,6 +10,7 @@ mod inspect;
 mod int4;
 mod modes;
 mod newcomer;
+mod plan;
 mod quantize;
 mod report;
 
