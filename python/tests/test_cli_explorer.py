@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,13 @@ def test_model_explorer_node_data(model, tmp_path):
     r = run("report", FIXTURES / model, "--format", "model-explorer", "-o", out)
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text()) == data
+    # The Rust binary writes the same node data (the Python command runs its code).
+    rust = subprocess.run(
+        [os.environ.get("TFLQ_BIN", "target/debug/tflq"), "report", str(FIXTURES / model),
+         "--format", "model-explorer"],
+        capture_output=True, text=True, check=True,
+    )
+    assert json.loads(rust.stdout) == data
 
 
 def test_validate_writes_model_explorer_data(tmp_path):

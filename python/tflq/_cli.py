@@ -12,8 +12,9 @@ module), plus:
     the choosing share of the inputs; writes OUTPUT and its plan (OUTPUT without extension +
     ``.plan.json``) and prints both the choosing and the held-out figures. Exit codes: 0, 1
     (a model cannot be run), 2 (usage), 3 (the target is not met on the choosing share).
-``tflq report MODEL [--against Q] --format model-explorer [-o FILE]``
-    Model Explorer's per-node data: each weight's SQNR keyed by tensor name.
+
+(``tflq report --format model-explorer`` writes Model Explorer's per-node data of the weights'
+SQNR; it is the Rust command's own format, as in the binary.)
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ Python package only:
             (tflq validate --help)
   tune      The smallest per-tensor plan whose outputs meet a target SQNR in LiteRT
             (tflq tune --help)
-  report --format model-explorer  Model Explorer per-node data of the weights' SQNR
 """
 
 
@@ -165,68 +165,6 @@ def _db(v: float) -> str:
     return f"{v:.1f} dB"
 
 
-def _model_explorer_report(argv: List[str]) -> int:
-    """``tflq report ... --format model-explorer``: the quantization flags as the Rust CLI's."""
-    p = argparse.ArgumentParser(prog="tflq report --format model-explorer")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--against", metavar="QUANTIZED")
-    p.add_argument("--format", required=True, choices=["model-explorer"])
-    p.add_argument("-o", "--output", metavar="FILE")
-    p.add_argument("--min-elements", type=int, default=1024)
-    p.add_argument("--mode", default="weight-only", choices=["weight-only", "dynamic"])
-    p.add_argument("--granularity", default="per-tensor", choices=["per-tensor", "per-channel", "block"])
-    p.add_argument("--symmetric", action="store_true")
-    p.add_argument("--type", dest="weight_type", default="int8", choices=["int8", "int4", "int2", "float16"])
-    p.add_argument("--include-ops", default="")
-    p.add_argument("--exclude-ops", default="")
-    p.add_argument("--quantize-biases", action="store_true")
-    p.add_argument("--range", default="minmax", choices=["minmax", "mse"])
-    p.add_argument("--no-equalize", action="store_true")
-    p.add_argument("--exclude-tensors")
-    p.add_argument("--layout", default="auto", choices=["auto", "external"])
-    args = p.parse_args(argv)
-    import tflq
-
-    try:
-        r = tflq.report(
-            args.model,
-            args.against,
-            histograms=False,
-            min_elements=args.min_elements,
-            mode=args.mode,
-            granularity=args.granularity,
-            symmetric=args.symmetric,
-            weight_type=args.weight_type,
-            include_ops=args.include_ops,
-            exclude_ops=args.exclude_ops,
-            exclude_tensors=args.exclude_tensors,
-            quantize_biases=args.quantize_biases,
-            range=args.range,
-            equalize=not args.no_equalize,
-            layout=args.layout,
-        )
-    except tflq.OptionError as e:
-        print(f"tflq: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except tflq.Error as e:
-        print(f"tflq: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    text = json.dumps(r.to_model_explorer(), indent=2) + "\n"
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
-    return EXIT_OK
-
-
-def _is_model_explorer(argv: List[str]) -> bool:
-    for i, a in enumerate(argv):
-        if a == "--format=model-explorer" or (a == "--format" and argv[i + 1 : i + 2] == ["model-explorer"]):
-            return True
-    return False
-
-
 def run(argv: List[str]) -> int:
     """Runs the command line ``argv`` (without the program name); returns the exit code."""
     try:
@@ -234,8 +172,6 @@ def run(argv: List[str]) -> int:
             return _validate(argv[1:])
         if argv[:1] == ["tune"]:
             return _tune(argv[1:])
-        if argv[:1] == ["report"] and _is_model_explorer(argv[1:]):
-            return _model_explorer_report([a for a in argv[1:]])
     except KeyboardInterrupt:
         print("tflq: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,5 +1,6 @@
 //! Writing a [`Report`]: the formats, and the one place that picks the writer of each
-//! ([`super::table`], [`super::json`], [`super::csv`], [`super::markdown`], [`super::html`]).
+//! ([`super::table`], [`super::json`], [`super::csv`], [`super::markdown`], [`super::html`],
+//! [`super::model_explorer`]).
 
 use std::io::{self, Write};
 
@@ -22,11 +23,21 @@ pub enum Format {
     Html,
     /// The plan the options would use, as `--plan` reads it (JSON).
     Plan,
+    /// Model Explorer's per-node data: each weight's SQNR on the graph (JSON).
+    ModelExplorer,
 }
 
 impl Format {
     /// Every format's name, as the command line spells it.
-    pub const NAMES: [&'static str; 6] = ["table", "json", "csv", "markdown", "html", "plan"];
+    pub const NAMES: [&'static str; 7] = [
+        "table",
+        "json",
+        "csv",
+        "markdown",
+        "html",
+        "plan",
+        "model-explorer",
+    ];
 
     /// The format called `name` (see [`Format::NAMES`]).
     pub fn from_name(name: &str) -> Option<Format> {
@@ -37,6 +48,7 @@ impl Format {
             "markdown" | "md" => Format::Markdown,
             "html" => Format::Html,
             "plan" => Format::Plan,
+            "model-explorer" => Format::ModelExplorer,
             _ => return None,
         })
     }
@@ -83,6 +95,7 @@ pub fn write_report(
         Format::Csv => super::csv::write_csv(report, out),
         Format::Markdown => super::markdown::write_markdown(report, out),
         Format::Html => super::html::write_html(report, opts.plots, out),
+        Format::ModelExplorer => super::model_explorer::write_model_explorer(report, out),
         Format::Plan => match &report.plan {
             Some(plan) => {
                 serde_json::to_writer_pretty(&mut *out, plan).map_err(io::Error::other)?;
@@ -113,9 +126,9 @@ pub fn write_reports(
                 .try_for_each(|r| super::csv::write_csv_rows(r, out))
         }
         Format::Json => super::json::write_json_array(reports, out),
-        Format::Html | Format::Plan => Err(io::Error::new(
+        Format::Html | Format::Plan | Format::ModelExplorer => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the HTML report and the plan take one model; use csv, json, markdown or table for several",
+            "the HTML report, the plan and Model Explorer data take one model; use csv, json, markdown or table for several",
         )),
         Format::Table | Format::Markdown => {
             for (i, r) in reports.iter().enumerate() {

@@ -20,6 +20,7 @@ pub mod format;
 pub mod html;
 pub mod json;
 pub mod markdown;
+pub mod model_explorer;
 pub mod table;
 
 use std::collections::BTreeSet;

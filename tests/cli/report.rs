@@ -842,3 +842,42 @@ fn against_an_equalized_output_measures_the_equalized_weights() {
         "{warnings:?}"
     );
 }
+
+/// `--format model-explorer`: one value per tensor name, the lowest SQNR of that name as the
+/// JSON report gives it (1000 for exact), and ascending colour thresholds.
+#[test]
+fn model_explorer_node_data_holds_each_weight_s_sqnr() {
+    let run = |format: &str| {
+        json(
+            &tflq()
+                .args(["report", "--format", format])
+                .arg(fixture("two_signatures.tflite"))
+                .assert()
+                .success()
+                .get_output()
+                .stdout,
+        )
+    };
+    let (rows, data) = (run("json"), run("model-explorer"));
+    let mut want = std::collections::BTreeMap::new();
+    for t in rows["tensors"].as_array().unwrap() {
+        let v = t["sqnr_db"].as_f64().unwrap_or(1000.0);
+        let e = want
+            .entry(t["name"].as_str().unwrap().to_owned())
+            .or_insert(v);
+        *e = e.min(v);
+    }
+    let results = data["results"].as_object().unwrap();
+    assert_eq!(results.len(), want.len());
+    for (name, v) in &want {
+        assert_eq!(results[name]["value"].as_f64(), Some(*v), "{name}");
+    }
+    let t: Vec<f64> = data["thresholds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["value"].as_f64().unwrap())
+        .collect();
+    assert!(t.windows(2).all(|w| w[0] < w[1]), "{t:?}");
+    assert_eq!(data["name"], "tflq weight SQNR (dB)");
+}
