@@ -59,16 +59,7 @@ class TuneResult:
         return dict(self._data)
 
     def to_json_dict(self) -> Dict[str, Any]:
-        def clean(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            return v
-
-        return clean(self._data)
+        return V.json_safe(self._data)
 
     def __getattr__(self, name: str) -> Any:
         try:

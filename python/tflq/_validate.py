@@ -182,6 +182,17 @@ def compare(ref: Any, got: Any) -> Dict[str, float]:
     return {"sqnr_db": sqnr, "max_abs_error": max_abs, "cosine": cosine}
 
 
+def json_safe(v: Any) -> Any:
+    """``v`` with every infinite or NaN float replaced by ``None`` (JSON has neither)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [json_safe(x) for x in v]
+    return v
+
+
 class ValidationResult:
     """The outputs of two models compared in LiteRT.
 
@@ -225,16 +236,7 @@ class ValidationResult:
         }
 
     def to_json_dict(self) -> Dict[str, Any]:
-        def clean(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            return v
-
-        return clean(self.to_dict())
+        return json_safe(self.to_dict())
 
     def to_model_explorer(self, thresholds: Optional[Sequence[Tuple[float, str]]] = None) -> Dict[str, Any]:
         """Model Explorer's per-node data: each output's SQNR keyed by its tensor name."""
