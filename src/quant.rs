@@ -137,75 +137,19 @@ pub fn scan_range_par(values: &[f32]) -> Range {
 /// (`min == max`) gets `scale = |c|` and the zero point next to its code, so that its one
 /// value and 0.0 both reconstruct exactly (`c / 255 * 255` need not equal `c` in f32).
 pub fn asymmetric_params(min: f32, max: f32) -> QuantParams {
-    if min == max {
-        return match min {
-            c if c > 0.0 => QuantParams {
-                scale: c,
-                zero_point: -128,
-                qmin: -128,
-                qmax: 127,
-            },
-            c if c < 0.0 => QuantParams {
-                scale: -c,
-                zero_point: 127,
-                qmin: -128,
-                qmax: 127,
-            },
-            _ => QuantParams {
-                scale: 1.0,
-                zero_point: -128,
-                qmin: -128,
-                qmax: 127,
-            },
-        };
-    }
-    let lo = f64::from(min.min(0.0));
-    let hi = f64::from(max.max(0.0));
-    let mut scale = ((hi - lo) / 255.0) as f32;
-    if !scale.is_normal() {
-        // A span near the smallest floats would give a subnormal (or zero) scale.
-        scale = f32::MIN_POSITIVE;
-    }
-    let zero_point = (-128.0 - lo / f64::from(scale))
-        .round()
-        .clamp(-128.0, 127.0) as i32;
-    QuantParams {
-        scale,
-        zero_point,
-        qmin: -128,
-        qmax: 127,
-    }
+    asymmetric_params_bits(min, max, 8)
 }
 
 /// Symmetric (zero point 0, codes in [-127, 127]) parameters for finite `min..=max`:
 /// `scale = max(|min|, |max|) / 127`. A constant tensor gets `scale = |c|` (code ±1), so it
 /// reconstructs exactly.
 pub fn symmetric_params(min: f32, max: f32) -> QuantParams {
-    let m = f64::from(min.abs().max(max.abs()));
-    let mut scale = if min == max {
-        m as f32
-    } else {
-        (m / 127.0) as f32
-    };
-    if scale == 0.0 {
-        scale = 1.0;
-    } else if !scale.is_normal() && min != max {
-        scale = f32::MIN_POSITIVE;
-    }
-    QuantParams {
-        scale,
-        zero_point: 0,
-        qmin: -127,
-        qmax: 127,
-    }
+    symmetric_params_bits(min, max, 8)
 }
 
 /// Asymmetric parameters for `bits`-bit codes in `[-2^(bits-1), 2^(bits-1) - 1]`: the int8
 /// scheme of [`asymmetric_params`] with `2^bits - 1` steps. For 8 bits it is that function.
 pub fn asymmetric_params_bits(min: f32, max: f32, bits: u32) -> QuantParams {
-    if bits == 8 {
-        return asymmetric_params(min, max);
-    }
     let (qmin, qmax) = (-(1i32 << (bits - 1)), (1i32 << (bits - 1)) - 1);
     let p = |scale: f32, zero_point: i32| QuantParams {
         scale,
@@ -224,6 +168,7 @@ pub fn asymmetric_params_bits(min: f32, max: f32, bits: u32) -> QuantParams {
     let hi = f64::from(max.max(0.0));
     let mut scale = ((hi - lo) / f64::from(qmax - qmin)) as f32;
     if !scale.is_normal() {
+        // A span near the smallest floats would give a subnormal (or zero) scale.
         scale = f32::MIN_POSITIVE;
     }
     let zero_point = (f64::from(qmin) - lo / f64::from(scale))
@@ -236,9 +181,6 @@ pub fn asymmetric_params_bits(min: f32, max: f32, bits: u32) -> QuantParams {
 /// (zero point 0): the scheme of [`symmetric_params`], which it is for 8 bits.
 pub fn symmetric_params_bits(min: f32, max: f32, bits: u32) -> QuantParams {
     let qmax = (1i32 << (bits - 1)) - 1;
-    if bits == 8 {
-        return symmetric_params(min, max);
-    }
     let m = f64::from(min.abs().max(max.abs()));
     let mut scale = if min == max {
         m as f32
