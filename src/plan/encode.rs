@@ -129,16 +129,6 @@ pub(super) fn job(
                 }
                 (Encoding::Float16, None, None)
             }
-            Some(Bits::Eight) => integer(
-                model,
-                data(buffer),
-                users,
-                &shape,
-                range,
-                &reads,
-                opts,
-                Bits::Eight,
-            ),
             Some(bits) => {
                 let w = Weight {
                     model,
@@ -151,7 +141,12 @@ pub(super) fn job(
                         || reads.is_empty()
                         || reads.iter().any(|r| !r.direct),
                 };
-                let (e, pc, why, searched) = sub_byte(&w, opts, bits);
+                let (e, pc, why, searched) = if bits == Bits::Eight {
+                    let (e, pc, searched) = integer(&w, opts, bits);
+                    (e, pc, None, searched)
+                } else {
+                    sub_byte(&w, opts, bits)
+                };
                 other = why;
                 (e, pc, searched)
             }
@@ -209,16 +204,7 @@ fn sub_byte(
             r.op.name(),
             bits.name()
         );
-        let (e, pc, searched) = integer(
-            w.model,
-            w.data,
-            w.users,
-            w.shape,
-            w.range,
-            w.reads,
-            opts,
-            Bits::Eight,
-        );
+        let (e, pc, searched) = integer(w, opts, Bits::Eight);
         return (e, pc, Some(why), searched);
     }
     let mut why = None;
@@ -239,19 +225,11 @@ fn sub_byte(
     {
         granularity = Granularity::PerChannel;
     }
-    let (e, pc, searched) = integer(
-        w.model,
-        w.data,
-        w.users,
-        w.shape,
-        w.range,
-        w.reads,
-        &Options {
-            granularity,
-            ..opts.clone()
-        },
-        bits,
-    );
+    let opts = Options {
+        granularity,
+        ..opts.clone()
+    };
+    let (e, pc, searched) = integer(w, &opts, bits);
     (e, pc, why, searched)
 }
 
@@ -325,23 +303,25 @@ fn blockwise(
 
 /// The integer encoding of one buffer with `bits`-bit codes, and why per-channel was asked
 /// for but not used.
-#[allow(clippy::too_many_arguments)]
 fn integer(
-    model: &Model<'_>,
-    data: &[u8],
-    users: &[TensorRef],
-    shape: &[usize],
-    range: quant::Range,
-    reads: &[Read],
+    w: &Weight<'_>,
     opts: &Options,
     bits: Bits,
 ) -> (Encoding, Option<String>, Option<RangeChoice>) {
+    let Weight {
+        model,
+        data,
+        users,
+        shape,
+        range,
+        reads,
+        ..
+    } = *w;
     let symmetric = opts.symmetric || reads.iter().any(|r| r.hybrid);
     let width = bits.width();
     if opts.range == RangeMethod::Mse {
         let grid = Grid::new(width, symmetric).expect("2 to 8 bits is a valid grid");
-        let (encoding, fallback, choices) =
-            int_mse(model, data, users, shape, reads, opts, grid, bits);
+        let (encoding, fallback, choices) = int_mse(w, opts, grid, bits);
         return (encoding, fallback, Some(summarize(&choices)));
     }
     let params = |r: quant::Range| {
@@ -353,36 +333,11 @@ fn integer(
     };
     // A direct reader whose kernel only reads per-channel scales gets them, repeated from the
     // whole-tensor parameters when per-tensor was asked for.
-    let required = reads
-        .iter()
-        .find(|r| r.hybrid && ops::hybrid(r.op).is_some_and(|h| h.requires_per_channel))
-        .and_then(|r| ops::channel_axis(r.op, r.slot, shape.len()));
-    let mut fallback = None;
-    let agreed = match opts.granularity {
-        Granularity::PerTensor => None,
-        // Blocks are decided in `sub_byte`; int8 takes them per channel.
-        // One set of scales must fit every reader's shape.
-        Granularity::PerChannel if !one_shape(model, users) => {
-            fallback = Some("its readers have different shapes".to_owned());
-            None
-        }
-        Granularity::PerChannel | Granularity::Block => match channel_axis(reads, shape.len()) {
-            Ok(axis) if shape[axis] > 1 => Some(axis),
-            Ok(_) => {
-                fallback = Some("a single channel".to_owned());
-                None
-            }
-            Err(why) => {
-                fallback = Some(why);
-                None
-            }
-        },
-    };
+    let (agreed, fallback, required) = axes(model, users, shape, reads, opts);
     let encoding = match (agreed, required) {
         (Some(axis), r) if r.is_none_or(|r| r == axis) => {
             let geometry = Geometry::channels(shape, axis);
             let ranges = quant::with_f32(data, |v| geometry.ranges(v));
-            fallback = None;
             Encoding::int(bits, geometry, ranges.into_iter().map(params).collect())
         }
         (_, Some(axis)) => Encoding::int(
@@ -424,17 +379,20 @@ fn axes(
 
 /// [`integer`] with each range searched for (`--range mse`): per channel, each channel its
 /// own search. Returns the searches made.
-#[allow(clippy::too_many_arguments)]
 fn int_mse(
-    model: &Model<'_>,
-    data: &[u8],
-    users: &[TensorRef],
-    shape: &[usize],
-    reads: &[Read],
+    w: &Weight<'_>,
     opts: &Options,
     grid: Grid,
     bits: Bits,
 ) -> (Encoding, Option<String>, Vec<range::Choice>) {
+    let Weight {
+        model,
+        data,
+        users,
+        shape,
+        reads,
+        ..
+    } = *w;
     let params = |c: &range::Choice| QuantParams {
         scale: c.params.scale,
         zero_point: c.params.zero_point,
