@@ -539,12 +539,44 @@ impl Encoding {
 
     /// [`Encoding::encode`] over all cores.
     pub fn encode_par(&self, values: &[f32], first: usize, out: &mut [u8]) -> ErrorStats {
+        self.par(values, first, out, None)
+    }
+
+    /// [`Encoding::encode_par`] of `values` as changed by `prepare(at, piece, buffer)`, which
+    /// writes the values to encode for each piece of [`quant::CHUNK`] elements (elements
+    /// `at..` of the tensor) into a buffer small enough to stay in cache while it is encoded.
+    pub fn encode_par_prepared(
+        &self,
+        values: &[f32],
+        first: usize,
+        out: &mut [u8],
+        prepare: &Prepare<'_>,
+    ) -> ErrorStats {
+        self.par(values, first, out, Some(prepare))
+    }
+
+    fn par(
+        &self,
+        values: &[f32],
+        first: usize,
+        out: &mut [u8],
+        prepare: Option<&Prepare<'_>>,
+    ) -> ErrorStats {
         let size = self.bytes_for(quant::CHUNK as u64) as usize;
         values
             .par_chunks(quant::CHUNK)
             .zip(out.par_chunks_mut(size))
             .enumerate()
-            .map(|(k, (xs, os))| self.encode(xs, first + k * quant::CHUNK, os))
+            .map_init(Vec::new, |scratch, (k, (xs, os))| {
+                let at = first + k * quant::CHUNK;
+                match prepare {
+                    None => self.encode(xs, at, os),
+                    Some(prepare) => {
+                        prepare(at, xs, scratch);
+                        self.encode(scratch, at, os)
+                    }
+                }
+            })
             .reduce(ErrorStats::default, ErrorStats::merge)
     }
 
@@ -561,6 +593,10 @@ impl Encoding {
         }
     }
 }
+
+/// Makes the values to encode of a piece (elements `at..` of the tensor) from the piece, in
+/// a buffer: see [`Encoding::encode_par_prepared`].
+pub type Prepare<'a> = dyn Fn(usize, &[f32], &mut Vec<f32>) + Sync + 'a;
 
 impl Codes {
     /// Every zero point is 0.

@@ -22,7 +22,7 @@ use tflq_schema as fb;
 
 use crate::model::{DType, Model};
 use crate::ops::Op;
-use crate::quant::f32_from_le;
+use crate::quant::{CHUNK, Range, as_f32, f32_from_le, scan_range, with_f32};
 
 /// Where a layer's channels run in its weight tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,19 +219,580 @@ pub struct Pair {
     pub activation: Activation,
 }
 
-/// What [`find`] decided: the new float32 contents of each changed buffer, and the pairs.
+/// How equalization changes one buffer: steps applied in order to the model's values, each
+/// multiplying (layer 2's input channels) or dividing (layer 1's output channels and bias)
+/// every element of one channel by that channel's factor.
+///
+/// Kept as factors, not values, so that no weight is copied: the rewriter applies them to a
+/// few thousand elements at a time as it encodes (a 1 GiB model would otherwise take 1 GiB
+/// more memory and a pass to fill it). The same f32 operations in the same order as on a
+/// materialized copy, so the values are the same bits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rescale {
+    dims: Vec<usize>,
+    steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Step {
+    axis: usize,
+    factors: Vec<f32>,
+    divide: bool,
+}
+
+/// A step's factor for a piece of one row of the last axis: one per element (a step along
+/// the last axis), or one for the whole piece (any other axis: a row of the last axis lies
+/// within one of its channels).
+#[derive(Clone, Copy)]
+enum Factor<'a> {
+    Each(&'a [f32]),
+    One(f32),
+}
+
+impl Step {
+    fn one(&self, channel: usize, x: f32) -> f32 {
+        let s = self.factors[channel];
+        if self.divide { x / s } else { x * s }
+    }
+}
+
+/// Channels along `axis` of a tensor of shape `dims`, and how many consecutive elements
+/// share a channel: element `e` is in channel `(e / stride) % channels`.
+fn channel_geometry(dims: &[usize], axis: usize) -> (usize, usize) {
+    (dims[axis], dims[axis + 1..].iter().product())
+}
+
+/// `dst = op(src, factor)` element by element, or `dst = op(dst, factor)` without `src`.
+fn rescale_piece(dst: &mut [f32], src: Option<&[f32]>, f: Factor<'_>, divide: bool) {
+    fn go(dst: &mut [f32], src: Option<&[f32]>, f: Factor<'_>, op: impl Fn(f32, f32) -> f32) {
+        match (src, f) {
+            (Some(s), Factor::Each(f)) => {
+                for ((d, &x), &f) in dst.iter_mut().zip(s).zip(f) {
+                    *d = op(x, f);
+                }
+            }
+            (Some(s), Factor::One(f)) => {
+                for (d, &x) in dst.iter_mut().zip(s) {
+                    *d = op(x, f);
+                }
+            }
+            (None, Factor::Each(f)) => {
+                for (d, &f) in dst.iter_mut().zip(f) {
+                    *d = op(*d, f);
+                }
+            }
+            (None, Factor::One(f)) => {
+                for d in dst.iter_mut() {
+                    *d = op(*d, f);
+                }
+            }
+        }
+    }
+    if divide {
+        go(dst, src, f, |x, f| x / f);
+    } else {
+        go(dst, src, f, |x, f| x * f);
+    }
+}
+
+impl Rescale {
+    /// No change yet, to a tensor of shape `dims`.
+    pub fn new(dims: &[usize]) -> Rescale {
+        Rescale {
+            dims: dims.to_vec(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// Then multiplies channel `c` along `axis` by `factors[c]`.
+    ///
+    /// # Panics
+    /// When `axis` is not an axis of the shape or `factors` is not one per channel.
+    pub fn multiply(self, axis: usize, factors: Vec<f32>) -> Rescale {
+        self.then(axis, factors, false)
+    }
+
+    /// Then divides channel `c` along `axis` by `factors[c]` (see [`Rescale::multiply`]).
+    pub fn divide(self, axis: usize, factors: Vec<f32>) -> Rescale {
+        self.then(axis, factors, true)
+    }
+
+    fn then(mut self, axis: usize, factors: Vec<f32>, divide: bool) -> Rescale {
+        assert_eq!(
+            self.dims.get(axis),
+            Some(&factors.len()),
+            "one factor per channel"
+        );
+        self.steps.push(Step {
+            axis,
+            factors,
+            divide,
+        });
+        self
+    }
+
+    /// The tensor's shape.
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    /// Equalizes `values`, elements `first..` of the tensor as the model stores them.
+    pub fn apply(&self, first: usize, values: &mut [f32]) {
+        self.rows(self.steps.len(), first, None, values);
+    }
+
+    /// Writes `src` (elements `first..` of the tensor as the model stores them) equalized
+    /// into `dst`, in one pass.
+    pub fn apply_to(&self, first: usize, src: &[f32], dst: &mut Vec<f32>) {
+        self.apply_into(self.steps.len(), first, src, dst);
+    }
+
+    /// Writes `src` (elements `first..`) after the first `steps` steps into `dst`.
+    fn apply_into(&self, steps: usize, first: usize, src: &[f32], dst: &mut Vec<f32>) {
+        dst.resize(src.len(), 0.0);
+        if steps == 0 {
+            dst.copy_from_slice(src);
+        } else {
+            self.rows(steps, first, Some(src), dst);
+        }
+    }
+
+    /// The first `steps` steps, row of the last axis by row, all steps on a row before the
+    /// next: the row stays in cache, and the first step reads `src` (when given) so that
+    /// no separate copy is made.
+    fn rows(&self, steps: usize, first: usize, src: Option<&[f32]>, dst: &mut [f32]) {
+        let steps = &self.steps[..steps];
+        let Some(&last) = self.dims.last().filter(|&&l| l > 0) else {
+            return;
+        };
+        if steps.is_empty() {
+            if let Some(s) = src {
+                dst.copy_from_slice(s);
+            }
+            return;
+        }
+        let geometry: Vec<(usize, usize)> = steps
+            .iter()
+            .map(|s| channel_geometry(&self.dims, s.axis))
+            .collect();
+        let (mut i, mut e) = (0, first);
+        while i < dst.len() {
+            let j = e % last;
+            let len = (last - j).min(dst.len() - i);
+            let d = &mut dst[i..i + len];
+            for (k, (step, &(n, stride))) in steps.iter().zip(&geometry).enumerate() {
+                let f = if step.axis + 1 == self.dims.len() {
+                    Factor::Each(&step.factors[j..j + len])
+                } else {
+                    Factor::One(step.factors[(e / stride) % n])
+                };
+                let from = if k == 0 {
+                    src.map(|s| &s[i..i + len])
+                } else {
+                    None
+                };
+                rescale_piece(d, from, f, step.divide);
+            }
+            i += len;
+            e += len;
+        }
+    }
+
+    /// The whole tensor after equalization, from its little-endian bytes in the model.
+    pub fn values(&self, bytes: &[u8]) -> Vec<f32> {
+        let mut v = Vec::new();
+        f32_from_le(bytes, &mut v);
+        self.apply(0, &mut v);
+        v
+    }
+
+    fn apply_first(&self, steps: usize, first: usize, values: &mut [f32]) {
+        self.rows(steps, first, None, values);
+    }
+}
+
+/// The float32 values of a buffer as a plan sees them: the model's, or the model's after
+/// equalization.
+#[derive(Debug, Clone, Copy)]
+pub struct Values<'a> {
+    /// Little-endian f32 bytes, as in the model.
+    pub bytes: &'a [u8],
+    /// What equalization does to them, if anything.
+    pub rescale: Option<&'a Rescale>,
+}
+
+impl<'a> Values<'a> {
+    /// The model's values, unchanged.
+    pub fn of(bytes: &'a [u8]) -> Values<'a> {
+        Values {
+            bytes,
+            rescale: None,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / 4
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` with all the values (equalized ones are made for the call: only decisions
+    /// that need the whole tensor at once, such as `--range mse`, use this).
+    pub fn with<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+        match self.rescale {
+            None => with_f32(self.bytes, f),
+            Some(r) => f(&r.values(self.bytes)),
+        }
+    }
+
+    /// Calls `f(first, values)` for consecutive pieces of at most `block` elements, in order;
+    /// memory stays at one piece.
+    pub fn blocks(&self, block: usize, mut f: impl FnMut(usize, &[f32])) {
+        let mut scratch = Vec::new();
+        for (k, piece) in self.bytes.chunks(block.max(1) * 4).enumerate() {
+            let first = k * block.max(1);
+            match self.rescale {
+                None => with_f32(piece, |v| f(first, v)),
+                Some(r) => f(
+                    first,
+                    rescaled(r, r.steps.len(), first, piece, &mut scratch),
+                ),
+            }
+        }
+    }
+}
+
+/// The values of `piece` (little-endian f32, elements `first..`) after the first `steps`
+/// steps of `rescale`: the model's own bytes when nothing changes them and they are aligned,
+/// else made in `scratch`.
+fn rescaled<'s>(
+    rescale: &Rescale,
+    steps: usize,
+    first: usize,
+    piece: &'s [u8],
+    scratch: &'s mut Vec<f32>,
+) -> &'s [f32] {
+    match as_f32(piece) {
+        Some(v) if steps == 0 => v,
+        Some(v) => {
+            rescale.apply_into(steps, first, v, scratch);
+            scratch
+        }
+        None => {
+            f32_from_le(piece, scratch);
+            rescale.apply_first(steps, first, scratch);
+            scratch
+        }
+    }
+}
+
+/// Per-channel min and max (of the finite values) along one axis of a buffer, after the
+/// first `steps` steps of its [`Rescale`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelRanges {
+    axis: usize,
+    steps: usize,
+    ranges: Vec<Range>,
+    /// No value was NaN or infinite (else the ranges are `-r..r`, `r` the channel's largest
+    /// magnitude, infinities included: all that equalization reads of them).
+    finite: bool,
+}
+
+impl ChannelRanges {
+    /// Measures `bytes` (little-endian f32, shape `dims`) along `axis`, in one parallel pass.
+    pub fn measure(bytes: &[u8], dims: &[usize], axis: usize) -> ChannelRanges {
+        measure(bytes, &Rescale::new(dims), 0, axis)
+    }
+
+    /// The whole tensor's range: what [`crate::quant::scan_range_par`] finds; `None` when
+    /// a value is NaN or infinite.
+    pub fn range(&self) -> Option<Range> {
+        self.finite
+            .then(|| self.ranges.iter().fold(Range::EMPTY, |a, &b| a.merge(b)))
+    }
+
+    /// The largest magnitude of each channel (0 for an empty one).
+    fn magnitudes(&self) -> Vec<f32> {
+        self.ranges
+            .iter()
+            .map(|r| {
+                if r.min > r.max {
+                    0.0
+                } else {
+                    r.min.abs().max(r.max.abs())
+                }
+            })
+            .collect()
+    }
+
+    /// The ranges after all the steps of `rescale` up to `steps`, without reading the data:
+    /// when every later step is along this axis, each channel's values are all multiplied or
+    /// divided by one positive factor, which keeps their order, so the new min and max are
+    /// the old ones rescaled. `None` when a later step is along another axis, or when a value
+    /// is not finite.
+    fn advanced(&self, rescale: &Rescale, steps: usize) -> Option<ChannelRanges> {
+        if !self.finite || steps < self.steps {
+            return None;
+        }
+        let later = &rescale.steps[self.steps..steps];
+        if later.iter().any(|s| s.axis != self.axis) {
+            return None;
+        }
+        let ranges: Vec<Range> = self
+            .ranges
+            .iter()
+            .enumerate()
+            .map(|(c, r)| {
+                if r.min > r.max {
+                    return *r;
+                }
+                let (lo, hi) = later
+                    .iter()
+                    .fold((r.min, r.max), |(lo, hi), s| (s.one(c, lo), s.one(c, hi)));
+                Range {
+                    min: lo,
+                    max: hi,
+                    non_finite: 0,
+                }
+            })
+            .collect();
+        ranges
+            .iter()
+            .all(|r| r.min > r.max || (r.min.is_finite() && r.max.is_finite()))
+            .then_some(ChannelRanges {
+                axis: self.axis,
+                steps,
+                ranges,
+                finite: true,
+            })
+    }
+}
+
+/// [`ChannelRanges`] of the values after the first `steps` steps of `rescale`, in one
+/// parallel pass over pieces of [`CHUNK`] elements (rescaled in a small buffer).
+fn measure(bytes: &[u8], rescale: &Rescale, steps: usize, axis: usize) -> ChannelRanges {
+    use rayon::prelude::*;
+    let (n, stride) = channel_geometry(&rescale.dims, axis);
+    let fresh = || (Extremes::new(n), Vec::<f32>::new());
+    let (seen, _) = bytes
+        .par_chunks(CHUNK * 4)
+        .enumerate()
+        .fold(fresh, |(mut seen, mut scratch), (k, piece)| {
+            let first = k * CHUNK;
+            seen.add(
+                stride,
+                first,
+                rescaled(rescale, steps, first, piece, &mut scratch),
+            );
+            (seen, scratch)
+        })
+        .reduce(fresh, |(a, s), (b, _)| (a.merge(b), s));
+    let finite = seen.finite;
+    let ranges = if finite {
+        seen.min
+            .iter()
+            .zip(&seen.max)
+            .map(|(&min, &max)| Range {
+                min,
+                max,
+                non_finite: 0,
+            })
+            .collect()
+    } else {
+        // A NaN or an infinity: only the magnitudes matter (such a buffer is never
+        // quantized), taken the way a materialized copy gives them.
+        let mut values = Vec::new();
+        f32_from_le(bytes, &mut values);
+        rescale.apply_first(steps, 0, &mut values);
+        ArrayViewD::from_shape(IxDyn(&rescale.dims), &values[..])
+            .map(|w| channel_ranges(w, axis))
+            .unwrap_or_else(|_| vec![0.0; n])
+            .into_iter()
+            .map(|r| Range {
+                min: -r,
+                max: r,
+                non_finite: 0,
+            })
+            .collect()
+    };
+    ChannelRanges {
+        axis,
+        steps,
+        ranges,
+        finite,
+    }
+}
+
+/// The smallest and largest value of each channel so far, and whether all were finite.
+struct Extremes {
+    min: Vec<f32>,
+    max: Vec<f32>,
+    finite: bool,
+}
+
+/// Channels of the last axis updated together, row after row (a few KiB that stay in L1).
+const TILE: usize = 512;
+
+impl Extremes {
+    fn new(n: usize) -> Extremes {
+        Extremes {
+            min: vec![f32::INFINITY; n],
+            max: vec![f32::NEG_INFINITY; n],
+            finite: true,
+        }
+    }
+
+    fn merge(mut self, o: Extremes) -> Extremes {
+        for (a, b) in self.min.iter_mut().zip(o.min) {
+            *a = a.min(b);
+        }
+        for (a, b) in self.max.iter_mut().zip(o.max) {
+            *a = a.max(b);
+        }
+        self.finite &= o.finite;
+        self
+    }
+
+    /// Adds `values`, elements `first..` of a tensor whose channel of element `e` is
+    /// `(e / stride) % n`.
+    fn add(&mut self, stride: usize, first: usize, values: &[f32]) {
+        let n = self.min.len();
+        if n == 0 || stride == 0 {
+            return;
+        }
+        if stride != 1 {
+            // Runs of one channel: the lane-parallel scan of whole tensors, run by run.
+            let mut e = first;
+            let mut rest = values;
+            while !rest.is_empty() {
+                let run = (stride - e % stride).min(rest.len());
+                let r = scan_range(&rest[..run]);
+                self.finite &= r.non_finite == 0;
+                let c = (e / stride) % n;
+                self.min[c] = self.min[c].min(r.min);
+                self.max[c] = self.max[c].max(r.max);
+                rest = &rest[run..];
+                e += run;
+            }
+            return;
+        }
+        // Stride 1: element i of a row is channel i. A part row at each end, whole rows
+        // between, a tile of channels at a time.
+        let c0 = first % n;
+        let head = ((n - c0) % n).min(values.len());
+        let (head, rest) = values.split_at(head);
+        let whole = rest.len() / n * n;
+        let (rows, tail) = rest.split_at(whole);
+        self.row(c0, head);
+        for t in (0..n).step_by(TILE) {
+            let end = (t + TILE).min(n);
+            for row in rows.chunks_exact(n) {
+                self.row(t, &row[t..end]);
+            }
+        }
+        self.row(0, tail);
+    }
+
+    /// Adds `values` to channels `from..`.
+    fn row(&mut self, from: usize, values: &[f32]) {
+        let mut bad = false;
+        let (mins, maxs) = (&mut self.min[from..], &mut self.max[from..]);
+        for ((m, x), &v) in mins.iter_mut().zip(maxs.iter_mut()).zip(values) {
+            *m = if v < *m { v } else { *m };
+            *x = if v > *x { v } else { *x };
+            bad |= !v.is_finite();
+        }
+        // An infinity would be in min/max; the scan of whole tensors keeps them out, and
+        // the measure is then taken again the slow way.
+        self.finite &= !bad;
+    }
+}
+
+/// What [`find`] decided: how each changed buffer is rescaled, and the pairs.
 #[derive(Debug, Clone, Default)]
 pub struct Equalization {
-    /// Buffer index -> new values (same element count as before).
-    pub buffers: BTreeMap<u32, Vec<f32>>,
+    /// Buffer index -> what equalization does to its values.
+    pub buffers: BTreeMap<u32, Rescale>,
     /// Pairs equalized, in graph order.
     pub pairs: Vec<Pair>,
+    /// The ranges measured on the way, newest per buffer, for [`Equalization::range`].
+    measured: BTreeMap<u32, ChannelRanges>,
+}
+
+impl Equalization {
+    /// The range of an equalized buffer's new values (what a scan of them finds), from the
+    /// ranges measured while equalizing when they tell it, else by one pass over the data.
+    pub fn range(&self, model: &Model<'_>, buffer: u32) -> Option<Range> {
+        let rescale = self.buffers.get(&buffer)?;
+        let known = self
+            .measured
+            .get(&buffer)
+            .and_then(|m| m.advanced(rescale, rescale.steps.len()))
+            .and_then(|m| m.range());
+        Some(known.unwrap_or_else(|| {
+            use rayon::prelude::*;
+            let bytes = model.buffer_data(buffer);
+            bytes
+                .par_chunks(CHUNK * 4)
+                .enumerate()
+                .map_init(Vec::new, |scratch, (k, piece)| {
+                    scan_range(rescaled(
+                        rescale,
+                        rescale.steps.len(),
+                        k * CHUNK,
+                        piece,
+                        scratch,
+                    ))
+                })
+                .reduce(|| Range::EMPTY, Range::merge)
+        }))
+    }
+
+    /// The ranges of `w`'s current values along `axis`: from what is known when that tells
+    /// them, else measured (one pass).
+    fn ranges_of(&mut self, model: &Model<'_>, w: &Operand, axis: usize) -> ChannelRanges {
+        let rescale = self
+            .buffers
+            .entry(w.buffer)
+            .or_insert_with(|| Rescale::new(&w.shape));
+        let steps = rescale.steps.len();
+        let known = self
+            .measured
+            .get(&w.buffer)
+            .filter(|m| m.axis == axis)
+            .and_then(|m| m.advanced(rescale, steps));
+        let ranges =
+            known.unwrap_or_else(|| measure(model.buffer_data(w.buffer), rescale, steps, axis));
+        self.measured.insert(w.buffer, ranges.clone());
+        ranges
+    }
+
+    fn push(&mut self, w: &Operand, axis: usize, factors: &[f32], divide: bool) {
+        let r = self.buffers.remove(&w.buffer);
+        let r = r.unwrap_or_else(|| Rescale::new(&w.shape));
+        let r = r.then(axis, factors.to_vec(), divide);
+        self.buffers.insert(w.buffer, r);
+    }
 }
 
 /// A constant float32 operand: its buffer and shape.
+#[derive(Debug, Clone)]
 struct Operand {
     buffer: u32,
     shape: Vec<usize>,
+}
+
+/// A pair that qualifies by the model's structure, with its operands.
+struct Found {
+    pair: Pair,
+    layouts: (Layout, Layout),
+    w1: Operand,
+    b1: Operand,
+    w2: Operand,
 }
 
 /// Finds the layer pairs of `model` that can be equalized exactly and equalizes them, in
@@ -253,8 +814,61 @@ pub fn find(model: &Model<'_>) -> Equalization {
 /// passes the buffers it will quantize, since a pair that stays float gains nothing (and a
 /// second run over the output would find it again).
 pub fn find_where(model: &Model<'_>, eligible: impl Fn(u32) -> bool) -> Equalization {
+    find_measured(model, eligible, BTreeMap::new())
+}
+
+/// [`find_where`], starting from ranges already measured on the model's values (as the
+/// planner's first scan does along the axes [`first_axes`] names), so that those buffers are
+/// not read again for them.
+pub fn find_measured(
+    model: &Model<'_>,
+    eligible: impl Fn(u32) -> bool,
+    known: BTreeMap<u32, ChannelRanges>,
+) -> Equalization {
+    let mut out = Equalization {
+        measured: known.into_iter().filter(|(_, m)| m.steps == 0).collect(),
+        ..Default::default()
+    };
+    for f in found(model) {
+        if !eligible(f.w1.buffer) || !eligible(f.w2.buffer) {
+            continue;
+        }
+        let (l1, l2) = f.layouts;
+        let r1 = out.ranges_of(model, &f.w1, l1.output_axis()).magnitudes();
+        let r2 = out.ranges_of(model, &f.w2, l2.input_axis()).magnitudes();
+        let s = scales(&r1, &r2);
+        out.push(&f.w1, l1.output_axis(), &s, true);
+        out.push(&f.b1, 0, &s, true);
+        out.push(&f.w2, l2.input_axis(), &s, false);
+        out.pairs.push(f.pair);
+    }
+    // Buffers measured but never rescaled (their pair was not eligible) are not changed.
+    out.buffers.retain(|_, r| !r.steps.is_empty());
+    let buffers = &out.buffers;
+    out.measured.retain(|b, _| buffers.contains_key(b));
+    out
+}
+
+/// For every weight buffer some pair could rescale: its shape and the axis equalization first
+/// measures it along (the output channels of a layer 1, the input channels of a layer 2).
+/// Measuring a buffer's first scan per channel along it (with
+/// [`ChannelRanges::measure`]) and handing the result to [`find_measured`] saves a pass.
+pub fn first_axes(model: &Model<'_>) -> BTreeMap<u32, (Vec<usize>, usize)> {
+    let mut axes = BTreeMap::new();
+    for f in found(model) {
+        let (l1, l2) = f.layouts;
+        axes.entry(f.w1.buffer)
+            .or_insert((f.w1.shape, l1.output_axis()));
+        axes.entry(f.w2.buffer)
+            .or_insert((f.w2.shape, l2.input_axis()));
+    }
+    axes
+}
+
+/// The pairs that qualify by structure (see [`find`]), in graph order.
+fn found(model: &Model<'_>) -> Vec<Found> {
     let uses = buffer_uses(model);
-    let mut out = Equalization::default();
+    let mut out = Vec::new();
     for (si, sg) in model.subgraphs().iter().enumerate() {
         let mut readers: Vec<Vec<usize>> = vec![Vec::new(); sg.tensors.len()];
         for (oi, op) in sg.ops.iter().enumerate() {
@@ -365,51 +979,34 @@ pub fn find_where(model: &Model<'_>, eligible: impl Fn(u32) -> bool) -> Equaliza
                 continue;
             };
             let channels = w1.shape[l1.output_axis()];
+            let whole = |o: &Operand| {
+                o.shape.iter().product::<usize>() * 4 == model.buffer_data(o.buffer).len()
+            };
             if b1.shape[0] != channels
                 || w2.shape[l2.input_axis()] != channels
                 || (l2 == Layout::Depthwise && w2.shape[3] != channels)
                 || w1.buffer == w2.buffer
-                || !eligible(w1.buffer)
-                || !eligible(w2.buffer)
+                || !whole(&w1)
+                || !whole(&w2)
+                || !whole(&b1)
             {
                 continue;
             }
-            let mut v1 = current(model, &out.buffers, w1.buffer);
-            let mut vb = current(model, &out.buffers, b1.buffer);
-            let mut v2 = current(model, &out.buffers, w2.buffer);
-            let (Ok(mut a1), Ok(mut a2)) = (
-                ArrayViewMutD::from_shape(IxDyn(&w1.shape), &mut v1),
-                ArrayViewMutD::from_shape(IxDyn(&w2.shape), &mut v2),
-            ) else {
-                continue;
-            };
-            let r1 = channel_ranges(a1.view(), l1.output_axis());
-            let r2 = channel_ranges(a2.view(), l2.input_axis());
-            let s = scales(&r1, &r2);
-            scale_output(a1.view_mut(), l1, &s, &mut vb);
-            scale_input(a2.view_mut(), l2, &s);
-            out.buffers.insert(w1.buffer, v1);
-            out.buffers.insert(b1.buffer, vb);
-            out.buffers.insert(w2.buffer, v2);
-            out.pairs.push(Pair {
-                subgraph: si,
-                first: i1,
-                second: next,
-                activation,
+            out.push(Found {
+                pair: Pair {
+                    subgraph: si,
+                    first: i1,
+                    second: next,
+                    activation,
+                },
+                layouts: (l1, l2),
+                w1,
+                b1,
+                w2,
             });
         }
     }
     out
-}
-
-/// The values of a float32 buffer: as already equalized, else as in the model.
-fn current(model: &Model<'_>, done: &BTreeMap<u32, Vec<f32>>, buffer: u32) -> Vec<f32> {
-    if let Some(v) = done.get(&buffer) {
-        return v.clone();
-    }
-    let mut v = Vec::new();
-    f32_from_le(model.buffer_data(buffer), &mut v);
-    v
 }
 
 /// How many tensors, over all subgraphs, use each buffer.
@@ -635,6 +1232,235 @@ mod tests {
         }
     }
 
+    /// The reference: each step applied to a whole materialized tensor with ndarray.
+    fn materialized(dims: &[usize], values: &[f32], steps: &[(usize, Vec<f32>, bool)]) -> Vec<f32> {
+        let mut w = ArrayD::from_shape_vec(IxDyn(dims), values.to_vec()).unwrap();
+        for (axis, f, divide) in steps {
+            scale_channels(w.view_mut(), *axis, f, *divide);
+        }
+        w.into_raw_vec_and_offset().0
+    }
+
+    fn le(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// Per-channel (min, max) along `axis`, NaN left out, by ndarray's axis iterator.
+    fn reference_ranges(dims: &[usize], values: &[f32], axis: usize) -> Vec<(f32, f32)> {
+        let w = ArrayViewD::from_shape(IxDyn(dims), values).unwrap();
+        w.axis_iter(Axis(axis))
+            .map(|c| {
+                c.iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+                        (if x < lo { x } else { lo }, if x > hi { x } else { hi })
+                    })
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Steps as (axis, factors, divide).
+    type Steps = Vec<(usize, Vec<f32>, bool)>;
+
+    /// A shape, data and 1-3 steps along random axes with factors over many octaves.
+    fn case() -> impl Strategy<Value = (Vec<usize>, Vec<f32>, Steps)> {
+        prop::collection::vec(1usize..6, 1..5)
+            .prop_flat_map(|dims| {
+                let n: usize = dims.iter().product();
+                let rank = dims.len();
+                let step = (0..rank, any::<bool>(), any::<u64>());
+                (
+                    Just(dims),
+                    prop::collection::vec(-1e3f32..1e3, n),
+                    prop::collection::vec(step, 1..4),
+                )
+            })
+            .prop_map(|(dims, values, steps)| {
+                let steps = steps
+                    .into_iter()
+                    .map(|(axis, divide, seed)| {
+                        let f = (0..dims[axis])
+                            .map(|c| {
+                                2f32.powf(((seed >> (c % 60)) % 41) as f32 / 2.0 - 10.0) * 1.37
+                            })
+                            .collect();
+                        (axis, f, divide)
+                    })
+                    .collect();
+                (dims, values, steps)
+            })
+    }
+
+    fn rescale_of(dims: &[usize], steps: &[(usize, Vec<f32>, bool)]) -> Rescale {
+        steps
+            .iter()
+            .fold(Rescale::new(dims), |r, (axis, f, divide)| {
+                if *divide {
+                    r.divide(*axis, f.clone())
+                } else {
+                    r.multiply(*axis, f.clone())
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Rescaling a piece at any offset, in place or into a buffer, or block by block,
+        /// gives the bits of scaling the whole materialized tensor step by step.
+        #[test]
+        fn rescaled_pieces_are_the_materialized_tensor(
+            (dims, values, steps) in case(),
+            cut in any::<prop::sample::Index>(),
+            block in 1usize..40,
+        ) {
+            let want = materialized(&dims, &values, &steps);
+            let r = rescale_of(&dims, &steps);
+            let bytes = le(&values);
+            prop_assert_eq!(bits(&r.values(&bytes)), bits(&want));
+            let at = cut.index(values.len());
+            let mut piece = values[at..].to_vec();
+            r.apply(at, &mut piece);
+            prop_assert_eq!(bits(&piece), bits(&want[at..]));
+            let mut into = vec![7.0; 3];
+            r.apply_to(at, &values[at..], &mut into);
+            prop_assert_eq!(bits(&into), bits(&want[at..]));
+            let mut blocks = Vec::new();
+            let v = Values { bytes: &bytes, rescale: Some(&r) };
+            v.blocks(block, |first, xs| {
+                assert_eq!(first, blocks.len());
+                blocks.extend_from_slice(xs);
+            });
+            prop_assert_eq!(bits(&blocks), bits(&want));
+        }
+
+        /// Measured ranges are each channel's min and max; ranges carried over later steps
+        /// along the same axis equal a new measure; the whole range is the scan's.
+        #[test]
+        fn measured_ranges_are_the_channels_extremes(
+            (dims, values, steps) in case(),
+            axis_pick in any::<prop::sample::Index>(),
+        ) {
+            let axis = axis_pick.index(dims.len());
+            let r = rescale_of(&dims, &steps);
+            let bytes = le(&values);
+            for k in 0..=steps.len() {
+                let m = measure(&bytes, &r, k, axis);
+                let after = materialized(&dims, &values, &steps[..k]);
+                let got: Vec<(f32, f32)> = m.ranges.iter().map(|x| (x.min, x.max)).collect();
+                prop_assert_eq!(&got, &reference_ranges(&dims, &after, axis));
+                prop_assert_eq!(m.range(), Some(scan_range_par_ref(&after)));
+                for j in k..=steps.len() {
+                    if let Some(a) = m.advanced(&r, j) {
+                        prop_assert!(steps[k..j].iter().all(|s| s.0 == axis));
+                        prop_assert_eq!(a, measure(&bytes, &r, j, axis));
+                    } else {
+                        prop_assert!(steps[k..j].iter().any(|s| s.0 != axis));
+                    }
+                }
+            }
+        }
+    }
+
+    fn scan_range_par_ref(values: &[f32]) -> Range {
+        crate::quant::scan_range_par(values)
+    }
+
+    /// A NaN or an infinity: the magnitudes are those of the materialized tensor's channels
+    /// (infinities included, NaN left out), and no range is claimed.
+    #[test]
+    fn non_finite_values_are_measured_the_slow_way() {
+        let dims = [2, 3];
+        let values = [1.0, f32::NAN, -2.0, 4.0, f32::INFINITY, -0.5];
+        for axis in 0..2 {
+            let m = ChannelRanges::measure(&le(&values), &dims, axis);
+            assert_eq!(m.range(), None);
+            let w = ArrayViewD::from_shape(IxDyn(&dims), &values[..]).unwrap();
+            assert_eq!(m.magnitudes(), channel_ranges(w, axis));
+        }
+        let m = ChannelRanges::measure(&le(&values), &dims, 1);
+        assert_eq!(m.magnitudes(), [4.0, f32::INFINITY, 2.0]);
+    }
+
+    /// The chain on real fixtures, checked against equalizing materialized copies pair by
+    /// pair (what this module did before it kept factors): the same bits in every buffer,
+    /// with or without ranges measured beforehand, and the same ranges as a scan.
+    #[test]
+    fn fixtures_equalize_as_materialized_copies() {
+        for name in [
+            "dwsep_bn.tflite",
+            "mlp_bias.tflite",
+            "mlp.tflite",
+            "cnn.tflite",
+        ] {
+            let bytes = fixture(name);
+            let model = Model::parse(&bytes).unwrap();
+            let eq = find(&model);
+            let known: BTreeMap<u32, ChannelRanges> = first_axes(&model)
+                .into_iter()
+                .map(|(b, (dims, axis))| {
+                    (b, ChannelRanges::measure(model.buffer_data(b), &dims, axis))
+                })
+                .collect();
+            let again = find_measured(&model, |_| true, known);
+            assert_eq!(again.buffers, eq.buffers, "{name}");
+            assert_eq!(again.pairs, eq.pairs, "{name}");
+
+            let mut done: BTreeMap<u32, Vec<f32>> = BTreeMap::new();
+            let current = |b: u32, done: &BTreeMap<u32, Vec<f32>>| {
+                done.get(&b).cloned().unwrap_or_else(|| {
+                    let mut v = Vec::new();
+                    f32_from_le(model.buffer_data(b), &mut v);
+                    v
+                })
+            };
+            for p in &eq.pairs {
+                let sg = &model.subgraphs()[p.subgraph];
+                let (o1, o2) = (&sg.ops[p.first], &sg.ops[p.second]);
+                let (l1, l2) = (Layout::of(o1.op).unwrap(), Layout::of(o2.op).unwrap());
+                let t = |i: i32| &sg.tensors[i as usize];
+                let (w1, b1, w2) = (t(o1.inputs[1]), t(o1.inputs[2]), t(o2.inputs[1]));
+                let dims = |t: &crate::model::TensorInfo| -> Vec<usize> {
+                    t.shape.iter().map(|&d| d as usize).collect()
+                };
+                let (mut v1, mut vb, mut v2) = (
+                    current(w1.buffer, &done),
+                    current(b1.buffer, &done),
+                    current(w2.buffer, &done),
+                );
+                let mut a1 = ArrayViewMutD::from_shape(IxDyn(&dims(w1)), &mut v1).unwrap();
+                let mut a2 = ArrayViewMutD::from_shape(IxDyn(&dims(w2)), &mut v2).unwrap();
+                let s = scales(
+                    &channel_ranges(a1.view(), l1.output_axis()),
+                    &channel_ranges(a2.view(), l2.input_axis()),
+                );
+                scale_output(a1.view_mut(), l1, &s, &mut vb);
+                scale_input(a2.view_mut(), l2, &s);
+                done.insert(w1.buffer, v1);
+                done.insert(b1.buffer, vb);
+                done.insert(w2.buffer, v2);
+            }
+            assert_eq!(done.len(), eq.buffers.len(), "{name}");
+            assert!(!done.is_empty(), "{name}");
+            for (b, want) in &done {
+                let got = eq.buffers[b].values(model.buffer_data(*b));
+                assert_eq!(bits(&got), bits(want), "{name} buffer {b}");
+                assert_eq!(
+                    eq.range(&model, *b),
+                    Some(scan_range_par_ref(want)),
+                    "{name} {b}"
+                );
+                assert_eq!(
+                    again.range(&model, *b),
+                    Some(scan_range_par_ref(want)),
+                    "{name} {b}"
+                );
+            }
+        }
+    }
+
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -677,7 +1503,8 @@ mod tests {
         // 3 buffers per pair, minus the ones shared by chained pairs.
         assert_eq!(eq.buffers.len(), 12);
         // Each changed buffer keeps its element count.
-        for (b, v) in &eq.buffers {
+        for (b, r) in &eq.buffers {
+            let v = r.values(model.buffer_data(*b));
             assert_eq!(v.len() * 4, model.buffer_data(*b).len());
         }
     }

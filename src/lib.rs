@@ -86,7 +86,7 @@ pub fn quantize_to<W: Write>(input: &[u8], opts: &Options, mut out: W) -> Result
             conflicts: plan.conflicts().to_vec(),
         });
     }
-    if plan.jobs().is_empty() && plan.overrides().is_empty() {
+    if plan.jobs().is_empty() && plan.rescaled().is_empty() {
         out.write_all(input)
             .and_then(|()| out.flush())
             .map_err(Error::Write)?;

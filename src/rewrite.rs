@@ -19,6 +19,7 @@ use serde::Serialize;
 use tflq_schema as fb;
 
 use crate::encoding::{Encoding, QuantSpec};
+use crate::equalize::{Rescale, Values};
 use crate::error::{Error, ModelError};
 use crate::model::Model;
 use crate::ops::Op;
@@ -63,8 +64,8 @@ enum Source {
     Copy(std::ops::Range<usize>),
     /// Quantize job `n` of the plan.
     Quantize(usize),
-    /// The float32 data the plan replaced this buffer's with (equalization).
-    Override(u32),
+    /// This buffer's float32 values, rescaled by equalization.
+    Rescaled(u32),
     /// The float16 block scales of job `n` (a buffer added after the model's own).
     Scales(usize),
 }
@@ -74,7 +75,7 @@ impl Source {
         match self {
             Source::Copy(r) => r.len() as u64,
             Source::Quantize(j) => plan.jobs()[*j].stored_bytes(),
-            Source::Override(b) => plan.buffer_data(*b).len() as u64,
+            Source::Rescaled(b) => plan.values(*b).bytes.len() as u64,
             Source::Scales(j) => plan.jobs()[*j].scale_bytes(),
         }
     }
@@ -138,8 +139,8 @@ fn buffer_sources(model: &Model<'_>, plan: &Plan<'_>) -> Vec<Option<Source>> {
         .iter()
         .map(|b| (!b.data.is_empty()).then(|| Source::Copy(b.data.clone())))
         .collect();
-    for &b in plan.overrides().keys() {
-        sources[b as usize] = Some(Source::Override(b));
+    for &b in plan.rescaled().keys() {
+        sources[b as usize] = Some(Source::Rescaled(b));
     }
     for (j, job) in plan.jobs().iter().enumerate() {
         sources[job.buffer as usize] = Some(Source::Quantize(j));
@@ -608,11 +609,21 @@ fn stream<W: Write>(
         }
         match &b.source {
             Source::Copy(range) => out.write_all(&model.bytes()[range.clone()])?,
-            Source::Override(buffer) => out.write_all(plan.buffer_data(*buffer))?,
+            Source::Rescaled(buffer) => {
+                let mut written = Ok(());
+                // A megabyte at a time: memory stays flat.
+                plan.values(*buffer)
+                    .blocks(crate::quant::CHUNK * 4, |_, v| {
+                        if written.is_ok() {
+                            written = write_f32_le(&mut out, v);
+                        }
+                    });
+                written?;
+            }
             Source::Quantize(j) => {
                 let job = &plan.jobs()[*j];
-                let data = plan.buffer_data(job.buffer);
-                stats[*j] = write_encoded(data, &job.encoding, &mut out, &mut codes)?;
+                let values = plan.values(job.buffer);
+                stats[*j] = write_encoded(values, &job.encoding, &mut out, &mut codes)?;
             }
             Source::Scales(j) => {
                 let spec = plan.jobs()[*j].encoding.quant_spec();
@@ -633,13 +644,14 @@ fn stream<W: Write>(
 /// block is written, the next is encoded on the thread pool, so the copy into the page cache
 /// overlaps the arithmetic instead of following it.
 fn write_encoded<W: Write>(
-    data: &[u8],
+    values: Values<'_>,
     encoding: &Encoding,
     out: &mut W,
     bufs: &mut [Vec<u8>; 2],
 ) -> std::io::Result<ErrorStats> {
     // At least four blocks per tensor (of at least one parallel chunk each), so that small
     // tensors overlap too; at most BLOCK elements, so that memory stays flat.
+    let (data, rescale) = (values.bytes, values.rescale);
     let elements = data.len() / 4;
     let block = elements.div_ceil(4).clamp(crate::quant::CHUNK, BLOCK);
     // Sub-byte codes: every block but the last must end on a byte.
@@ -648,20 +660,20 @@ fn write_encoded<W: Write>(
     // On a pool thread (a caller's own parallel loop) a blocking hand-over could stall the
     // pool, so blocks are then encoded and written in turn below.
     if data.len() > block * 4 && rayon::current_thread_index().is_none() {
-        return write_pipelined(data, block, encoding, out, bufs);
+        return write_pipelined(values, block, encoding, out, bufs);
     }
     let [current, next] = bufs;
     let mut blocks = data.chunks(block * 4).enumerate();
     let Some((_, first)) = blocks.next() else {
         return Ok(ErrorStats::default());
     };
-    let mut stats = encode_block(first, 0, encoding, current);
+    let mut stats = encode_block(first, 0, encoding, rescale, current);
     for (k, following) in blocks {
         let mut following_stats = ErrorStats::default();
         let mut written = Ok(());
         rayon::in_place_scope(|scope| {
             scope.spawn(|_| {
-                following_stats = encode_block(following, k * block, encoding, next);
+                following_stats = encode_block(following, k * block, encoding, rescale, next);
             });
             written = out.write_all(current);
         });
@@ -678,7 +690,7 @@ fn write_encoded<W: Write>(
 /// encoding task goes from one block to the next without waiting for this thread to wake up,
 /// so the workers do not fall idle (and spin) at every block.
 fn write_pipelined<W: Write>(
-    data: &[u8],
+    values: Values<'_>,
     block: usize,
     encoding: &Encoding,
     out: &mut W,
@@ -691,6 +703,7 @@ fn write_pipelined<W: Write>(
         // Cannot fail: the channel holds two and its receiver is alive.
         let _ = free_tx.send(std::mem::take(b));
     }
+    let (data, rescale) = (values.bytes, values.rescale);
     let mut stats = ErrorStats::default();
     let mut returned = None;
     let mut written = Ok(());
@@ -700,7 +713,8 @@ fn write_pipelined<W: Write>(
             for (k, part) in data.chunks(block * 4).enumerate() {
                 // Either fails only once the writer stopped (a write failed).
                 let Ok(mut buf) = free_rx.recv() else { break };
-                *stats = stats.merge(encode_block(part, k * block, encoding, &mut buf));
+                let encoded = encode_block(part, k * block, encoding, rescale, &mut buf);
+                *stats = stats.merge(encoded);
                 if full_tx.send(buf).is_err() {
                     break;
                 }
@@ -726,12 +740,32 @@ fn write_pipelined<W: Write>(
     Ok(stats)
 }
 
-/// Encodes one block of little-endian f32 bytes, elements `first..` of its tensor, into
-/// `out` (resized to fit).
-fn encode_block(bytes: &[u8], first: usize, encoding: &Encoding, out: &mut Vec<u8>) -> ErrorStats {
+/// Encodes one block of little-endian f32 bytes, elements `first..` of its tensor, rescaled
+/// first when equalization changes them, into `out` (resized to fit).
+fn encode_block(
+    bytes: &[u8],
+    first: usize,
+    encoding: &Encoding,
+    rescale: Option<&Rescale>,
+    out: &mut Vec<u8>,
+) -> ErrorStats {
     let n = bytes.len() / 4;
     out.resize(encoding.bytes_for(n as u64) as usize, 0);
-    crate::quant::with_f32(bytes, |values| encoding.encode_par(values, first, out))
+    crate::quant::with_f32(bytes, |values| match rescale {
+        None => encoding.encode_par(values, first, out),
+        Some(r) => encoding
+            .encode_par_prepared(values, first, out, &|at, src, dst| r.apply_to(at, src, dst)),
+    })
+}
+
+/// Writes f32 values as little-endian bytes (the model's byte order on any host).
+fn write_f32_le<W: Write>(out: &mut W, values: &[f32]) -> std::io::Result<()> {
+    if cfg!(target_endian = "little") {
+        out.write_all(bytemuck::cast_slice(values))
+    } else {
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        out.write_all(&bytes)
+    }
 }
 
 #[cfg(test)]
@@ -772,12 +806,12 @@ mod tests {
         let want = float16_codes(&data);
         let mut bufs = Default::default();
         let mut out = Vec::new();
-        write_encoded(&data, &Encoding::Float16, &mut out, &mut bufs).unwrap();
+        write_encoded(Values::of(&data), &Encoding::Float16, &mut out, &mut bufs).unwrap();
         assert!(out == want, "from a thread outside the pool (pipelined)");
         // The buffers come back for the next tensor.
         assert!(bufs.iter().all(|b| b.capacity() > 0));
         let mut again = Vec::new();
-        write_encoded(&data, &Encoding::Float16, &mut again, &mut bufs).unwrap();
+        write_encoded(Values::of(&data), &Encoding::Float16, &mut again, &mut bufs).unwrap();
         assert!(again == want);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -785,10 +819,68 @@ mod tests {
             .unwrap();
         let on_pool = pool.install(|| {
             let mut out = Vec::new();
-            write_encoded(&data, &Encoding::Float16, &mut out, &mut Default::default()).unwrap();
+            write_encoded(
+                Values::of(&data),
+                &Encoding::Float16,
+                &mut out,
+                &mut Default::default(),
+            )
+            .unwrap();
             out
         });
         assert!(on_pool == want, "from a pool thread (in turn)");
+    }
+
+    /// An equalized buffer is encoded from its rescaled values made piece by piece: the same
+    /// bytes as float16 codes of the whole tensor rescaled beforehand, one value at a time,
+    /// pipelined or in turn on a pool thread.
+    #[test]
+    fn rescaled_buffers_encode_their_rescaled_values() {
+        let (rows, cols) = (37, 4099);
+        let data = floats(rows * cols);
+        let out_f: Vec<f32> = (0..rows).map(|o| 0.5 + o as f32 * 0.25).collect();
+        let in_f: Vec<f32> = (0..cols).map(|i| 2.0 - (i % 7) as f32 * 0.125).collect();
+        let r = Rescale::new(&[rows, cols])
+            .multiply(1, in_f.clone())
+            .divide(0, out_f.clone());
+        let rescaled: Vec<u8> = data
+            .chunks(4)
+            .enumerate()
+            .flat_map(|(e, b)| {
+                let x = f32::from_le_bytes(b.try_into().unwrap());
+                (x * in_f[e % cols] / out_f[e / cols]).to_le_bytes()
+            })
+            .collect();
+        let want = float16_codes(&rescaled);
+        let values = Values {
+            bytes: &data,
+            rescale: Some(&r),
+        };
+        let mut out = Vec::new();
+        write_encoded(
+            values,
+            &Encoding::Float16,
+            &mut out,
+            &mut Default::default(),
+        )
+        .unwrap();
+        assert!(out == want, "pipelined");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let on_pool = pool.install(|| {
+            let mut out = Vec::new();
+            write_encoded(
+                values,
+                &Encoding::Float16,
+                &mut out,
+                &mut Default::default(),
+            )
+            .unwrap();
+            out
+        });
+        assert!(on_pool == want, "in turn");
     }
 
     #[test]
@@ -813,8 +905,13 @@ mod tests {
         let data = floats(40 * crate::quant::CHUNK);
         for left in [0, 1000, 3 * crate::quant::CHUNK] {
             let mut out = Full { left };
-            let e = write_encoded(&data, &Encoding::Float16, &mut out, &mut Default::default())
-                .unwrap_err();
+            let e = write_encoded(
+                Values::of(&data),
+                &Encoding::Float16,
+                &mut out,
+                &mut Default::default(),
+            )
+            .unwrap_err();
             assert_eq!(e.to_string(), "disk full");
         }
     }

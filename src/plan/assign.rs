@@ -493,9 +493,9 @@ fn target_candidates(opts: &Options) -> Vec<Entry> {
     ]
 }
 
-/// The weight SQNR of `data` (float32 bytes) stored as `encoding`, in dB.
-pub fn weight_sqnr(encoding: &Encoding, data: &[u8]) -> f64 {
-    crate::quant::with_f32(data, |v| {
+/// The weight SQNR of `data` stored as `encoding`, in dB.
+pub fn weight_sqnr(encoding: &Encoding, data: crate::equalize::Values<'_>) -> f64 {
+    data.with(|v| {
         let mut out = vec![0u8; encoding.bytes_for(v.len() as u64) as usize];
         encoding.encode_par(v, 0, &mut out).sqnr_db()
     })
@@ -505,7 +505,7 @@ pub fn weight_sqnr(encoding: &Encoding, data: &[u8]) -> f64 {
 /// weight SQNR reaches `db`, or why the buffer stays float32.
 pub(super) fn by_sqnr(
     model: &crate::model::Model<'_>,
-    data: &[u8],
+    data: crate::equalize::Values<'_>,
     users: &[crate::model::TensorRef],
     opts: &Options,
     db: f64,

@@ -6,14 +6,15 @@ use std::collections::BTreeSet;
 use super::select::Selection;
 use super::{BufferJob, Granularity, Options, RangeChoice, RangeMethod, Readers, one_shape};
 use crate::encoding::{Bits, Encoding, F16_MAX, Geometry};
+use crate::equalize::Values;
 use crate::model::{Model, OpRef, TensorRef};
 use crate::ops::{self, Op};
 use crate::quant::{self, QuantParams};
 use crate::range::{self, Grid};
 use rayon::prelude::*;
 
-/// The float32 data of a buffer as the plan sees it (equalized or the model's).
-pub(super) type Data<'d> = dyn Fn(u32) -> &'d [u8] + Sync + 'd;
+/// The float32 values of a buffer as the plan sees them (equalized or the model's).
+pub(super) type Data<'d> = dyn Fn(u32) -> Values<'d> + Sync + 'd;
 
 /// One read of a buffer: the operator, the input slot, and whether it runs hybrid.
 #[derive(Debug, Clone, Copy)]
@@ -170,8 +171,8 @@ pub(super) fn job(
 /// One buffer to encode, with what the decisions read.
 struct Weight<'a> {
     model: &'a Model<'a>,
-    /// Its float32 data (equalized or the model's).
-    data: &'a [u8],
+    /// Its float32 values (equalized or the model's).
+    data: Values<'a>,
     users: &'a [TensorRef],
     shape: &'a [usize],
     range: quant::Range,
@@ -284,7 +285,7 @@ fn blockwise(
             w.shape
         ));
     };
-    let ranges = quant::with_f32(w.data, |v| geometry.ranges(v));
+    let ranges = w.data.with(|v| geometry.ranges(v));
     let qmax = (1i32 << (bits.width() - 1)) - 1;
     let mut params = Vec::with_capacity(ranges.len());
     for r in ranges {
@@ -337,7 +338,7 @@ fn integer(
     let encoding = match (agreed, required) {
         (Some(axis), r) if r.is_none_or(|r| r == axis) => {
             let geometry = Geometry::channels(shape, axis);
-            let ranges = quant::with_f32(data, |v| geometry.ranges(v));
+            let ranges = data.with(|v| geometry.ranges(v));
             Encoding::int(bits, geometry, ranges.into_iter().map(params).collect())
         }
         (_, Some(axis)) => Encoding::int(
@@ -403,7 +404,7 @@ fn int_mse(
     match (agreed, required) {
         (Some(axis), r) if r.is_none_or(|r| r == axis) => {
             let geometry = Geometry::channels(shape, axis);
-            let choices = quant::with_f32(data, |v| {
+            let choices = data.with(|v| {
                 let mut channels = vec![Vec::new(); geometry.groups()];
                 geometry.runs(0, v.len(), |g, run| channels[g].extend_from_slice(&v[run]));
                 channels
@@ -415,7 +416,7 @@ fn int_mse(
             (encoding, None, choices)
         }
         (_, Some(axis)) => {
-            let choice = quant::with_f32(data, |v| range::search(v, grid));
+            let choice = data.with(|v| range::search(v, grid));
             let encoding = Encoding::int(
                 bits,
                 Geometry::channels(shape, axis),
@@ -424,7 +425,7 @@ fn int_mse(
             (encoding, fallback, vec![choice])
         }
         (_, None) => {
-            let choice = quant::with_f32(data, |v| range::search(v, grid));
+            let choice = data.with(|v| range::search(v, grid));
             (
                 Encoding::int(bits, Geometry::Tensor, vec![params(&choice)]),
                 fallback,

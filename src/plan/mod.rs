@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::encoding::Encoding;
+pub use crate::equalize::Values;
 use crate::model::{Model, OpRef, TensorRef};
 use crate::ops::Op;
 
@@ -522,8 +523,8 @@ pub struct Plan<'m> {
     hybrid_ops: BTreeMap<OpRef, HybridOp>,
     clamped: Vec<TensorRef>,
     dequantize_version: Option<i32>,
-    /// New float32 data (little-endian) of buffers changed by equalization.
-    overrides: BTreeMap<u32, Vec<u8>>,
+    /// How equalization changes buffers' float32 values.
+    rescaled: BTreeMap<u32, crate::equalize::Rescale>,
     equalized_pairs: usize,
     target: Target,
     /// Why the plan (`--plan`) cannot be applied exactly, one line per tensor.
@@ -617,17 +618,19 @@ impl<'m> Plan<'m> {
         self.dequantize_version
     }
 
-    /// The float32 data the plan works from for `buffer`: the equalized values when
-    /// equalization changed it, else the model's.
-    pub fn buffer_data(&self, buffer: u32) -> &[u8] {
-        self.overrides
-            .get(&buffer)
-            .map_or_else(|| self.model.buffer_data(buffer), Vec::as_slice)
+    /// The float32 values the plan works from for `buffer`: the model's, rescaled when
+    /// equalization changed them.
+    pub fn values(&self, buffer: u32) -> Values<'_> {
+        Values {
+            bytes: self.model.buffer_data(buffer),
+            rescale: self.rescaled.get(&buffer),
+        }
     }
 
-    /// Buffers whose float32 data equalization replaced (written as is when not quantized).
-    pub fn overrides(&self) -> &BTreeMap<u32, Vec<u8>> {
-        &self.overrides
+    /// Buffers whose float32 values equalization changes (written rescaled when not
+    /// quantized).
+    pub fn rescaled(&self) -> &BTreeMap<u32, crate::equalize::Rescale> {
+        &self.rescaled
     }
 
     /// Layer pairs equalized.
@@ -658,40 +661,46 @@ impl<'m> Plan<'m> {
 pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
     let opts = &opts.for_target();
     let readers = Readers::new(model);
-    let mut selected = select::select(model, &readers, opts);
-    let equalization = if opts.equalize_only
+    let equalizing = opts.equalize_only
         || (opts.equalize
             && opts.target_sqnr.is_none()
             && opts.assignment.as_ref().map_or(
                 opts.weight_type == WeightType::Int8 && opts.granularity == Granularity::PerTensor,
                 |a| a.equalize,
-            )) {
-        crate::equalize::find_where(model, |b| {
-            selected.candidates.get(&b).is_some_and(|users| {
-                opts.assignment
-                    .as_ref()
-                    .is_none_or(|a| a.equalizes(model, users))
-            })
-        })
+            ));
+    // The first scan of a buffer equalization will rescale measures it per channel, along
+    // the axis equalization reads first, so that equalizing does not read it again.
+    let axes = if equalizing {
+        crate::equalize::first_axes(model)
     } else {
         Default::default()
     };
-    let overrides: BTreeMap<u32, Vec<u8>> = equalization
-        .buffers
-        .into_iter()
-        .map(|(b, v)| (b, f32_to_le(&v)))
-        .collect();
-    let data = |b: u32| {
-        overrides
-            .get(&b)
-            .map_or_else(|| model.buffer_data(b), Vec::as_slice)
+    let mut selected = select::select(model, &readers, opts, &axes);
+    let equalization = if equalizing {
+        crate::equalize::find_measured(
+            model,
+            |b| {
+                selected.candidates.get(&b).is_some_and(|users| {
+                    opts.assignment
+                        .as_ref()
+                        .is_none_or(|a| a.equalizes(model, users))
+                })
+            },
+            std::mem::take(&mut selected.channel_ranges),
+        )
+    } else {
+        Default::default()
+    };
+    let data = |b: u32| Values {
+        bytes: model.buffer_data(b),
+        rescale: equalization.buffers.get(&b),
     };
     if opts.equalize_only {
         selected.candidates.clear();
     }
-    for (&b, bytes) in &overrides {
-        if let Some(r) = selected.ranges.get_mut(&b) {
-            *r = crate::quant::with_f32(bytes, crate::quant::scan_range_par);
+    for &b in equalization.buffers.keys() {
+        if let (Some(r), Some(new)) = (selected.ranges.get_mut(&b), equalization.range(model, b)) {
+            *r = new;
         }
     }
     let hybrid = if opts.mode == Mode::Dynamic && opts.weight_type != WeightType::Float16 {
@@ -712,7 +721,7 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
         clamped: encoded.clamped,
         dequantize_version: routed.dequantize_version,
         equalized_pairs: equalization.pairs.len(),
-        overrides,
+        rescaled: equalization.buffers,
         target: opts.target,
         conflicts: encoded.conflicts,
         planned: opts.assignment.is_some() || opts.target_sqnr.is_some(),
@@ -725,15 +734,6 @@ pub fn plan<'m>(model: &'m Model<'m>, opts: &Options) -> Plan<'m> {
 fn one_shape(model: &Model<'_>, users: &[TensorRef]) -> bool {
     let shape = |u: &TensorRef| &model.tensor(*u).shape;
     users.windows(2).all(|w| shape(&w[0]) == shape(&w[1]))
-}
-
-/// Little-endian bytes of f32 values (the model's byte order on any host).
-fn f32_to_le(values: &[f32]) -> Vec<u8> {
-    if cfg!(target_endian = "little") {
-        bytemuck::cast_slice(values).to_vec()
-    } else {
-        values.iter().flat_map(|x| x.to_le_bytes()).collect()
-    }
 }
 
 #[cfg(test)]

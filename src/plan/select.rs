@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::{Options, Readers, SkipReason};
+use crate::equalize::ChannelRanges;
 use crate::model::{DType, Model, TensorRef};
 use crate::ops;
 use crate::quant;
@@ -18,6 +19,8 @@ pub(super) struct Selection {
     pub ranges: BTreeMap<u32, quant::Range>,
     /// Constant tensors left alone, with the reason (unsorted).
     pub skipped: Vec<(TensorRef, SkipReason)>,
+    /// Per-channel ranges of the candidates measured along the axis asked (all finite).
+    pub channel_ranges: BTreeMap<u32, ChannelRanges>,
 }
 
 /// Why tensor `r` cannot be quantized on its own account, if it cannot.
@@ -117,7 +120,14 @@ fn marks(len: usize, indices: impl IntoIterator<Item = i32>) -> Vec<bool> {
     m
 }
 
-pub(super) fn select(model: &Model<'_>, readers: &Readers, opts: &Options) -> Selection {
+/// Selects the candidates and scans each once; a buffer in `axes` (its shape and an axis) is
+/// scanned per channel along that axis.
+pub(super) fn select(
+    model: &Model<'_>,
+    readers: &Readers,
+    opts: &Options,
+    axes: &BTreeMap<u32, (Vec<usize>, usize)>,
+) -> Selection {
     // Per buffer: its readers, and whether one of them cannot be quantized.
     #[derive(Default)]
     struct Users {
@@ -171,16 +181,31 @@ pub(super) fn select(model: &Model<'_>, readers: &Readers, opts: &Options) -> Se
     }
 
     // Non-finite values rule a buffer out before any decision depends on it.
-    let ranges: BTreeMap<u32, quant::Range> = candidates
+    let scanned: Vec<(u32, quant::Range, Option<ChannelRanges>)> = candidates
         .keys()
         .copied()
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|b| {
-            let range = quant::with_f32(model.buffer_data(b), quant::scan_range_par);
-            (b, range)
+            let data = model.buffer_data(b);
+            let per_channel = axes
+                .get(&b)
+                .map(|(dims, axis)| ChannelRanges::measure(data, dims, *axis));
+            match per_channel.as_ref().and_then(ChannelRanges::range) {
+                Some(range) => (b, range, per_channel),
+                // Not finite: the whole scan counts what is not.
+                None => (b, quant::with_f32(data, quant::scan_range_par), None),
+            }
         })
         .collect();
+    let mut ranges = BTreeMap::new();
+    let mut channel_ranges = BTreeMap::new();
+    for (b, range, per_channel) in scanned {
+        ranges.insert(b, range);
+        if let Some(c) = per_channel {
+            channel_ranges.insert(b, c);
+        }
+    }
     candidates.retain(|b, users| {
         let r = ranges[b];
         if r.non_finite > 0 {
@@ -197,5 +222,6 @@ pub(super) fn select(model: &Model<'_>, readers: &Readers, opts: &Options) -> Se
         candidates,
         ranges,
         skipped,
+        channel_ranges,
     }
 }

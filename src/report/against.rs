@@ -309,7 +309,7 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
     // same values can be made here and each such tensor is measured against whichever of the
     // two its codes stand for.
     let default_plan = crate::plan::plan(float, &crate::plan::Options::default());
-    let equalized = default_plan.overrides();
+    let equalized = default_plan.rescaled();
     let mut compared_equalized = 0usize;
     let fcons: Vec<_> = float.subgraphs().iter().map(consumers).collect();
     let mut rows = Vec::new();
@@ -387,8 +387,8 @@ pub fn against(float: &Model<'_>, quantized: &Model<'_>, opts: &ReportOptions) -
                 Ok((range, meter.finish()))
             };
             let mut measured = with_f32(float.buffer_data(ft.buffer), measure);
-            if let (Ok((_, original)), Some(bytes)) = (&measured, equalized.get(&ft.buffer)) {
-                let other = with_f32(bytes, measure);
+            if let (Ok((_, original)), Some(rescale)) = (&measured, equalized.get(&ft.buffer)) {
+                let other = measure(&rescale.values(float.buffer_data(ft.buffer)));
                 if let Ok((_, m)) = &other {
                     if m.stats.noise < original.stats.noise {
                         measured = other;

@@ -29,7 +29,6 @@ use serde::Serialize;
 
 use crate::model::{Model, SubgraphInfo};
 use crate::plan::{self, Options};
-use crate::quant;
 use crate::quant::ErrorStats;
 
 pub use against::{MatchedBy, Unmatched, against};
@@ -421,12 +420,10 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
         let Some(scheme) = analyze::job_codes(job) else {
             // float16: the encoder's own error sums; no codes to count.
             let mut stats = ErrorStats::default();
-            for (k, block) in plan.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
-                half.resize(block.len() / 2, 0u8);
-                let s =
-                    quant::with_f32(block, |v| job.encoding.encode_par(v, k * BLOCK, &mut half));
-                stats = stats.merge(s);
-            }
+            plan.values(job.buffer).blocks(BLOCK, |first, v| {
+                half.resize(v.len() * 2, 0u8);
+                stats = stats.merge(job.encoding.encode_par(v, first, &mut half));
+            });
             let measured = analyze::Measured {
                 stats,
                 code_use: crate::quant::CodeUse {
@@ -451,14 +448,12 @@ pub fn report(model: &Model<'_>, opts: &ReportOptions) -> Report {
             continue;
         };
         let mut meter = analyze::Meter::new(scheme, job.min, job.max, opts.histograms);
-        for (k, block) in plan.buffer_data(job.buffer).chunks(BLOCK * 4).enumerate() {
-            let n = block.len() / 4;
+        plan.values(job.buffer).blocks(BLOCK, |first, values| {
+            let n = values.len();
             codes.resize(n, 0);
-            quant::with_f32(block, |values| {
-                let stats = analyze::quantize_job(values, k * BLOCK, job, &mut codes[..n]);
-                meter.add(values, &codes[..n], Some(stats));
-            });
-        }
+            let stats = analyze::quantize_job(values, first, job, &mut codes[..n]);
+            meter.add(values, &codes[..n], Some(stats));
+        });
         let measured = meter.finish();
         for u in &job.users {
             rows.push(row(
