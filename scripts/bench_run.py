@@ -7,10 +7,10 @@ Standard library only. For each case it runs the baseline (`cp`) and tflq altern
 `--runs` times each, with the page cache warm and no dirty pages left over from the run
 before (`sync` between runs, untimed), and prints the medians and their ratio.
 
-Time: wall clock from fork to exit (`time.perf_counter` around `os.wait4`), and the CPU
-time (user + system) the kernel charged to the process and the children it waited for. On a
+Time: wall clock from fork to exit (`time.perf_counter` around `os.wait4`), and the user
+and system CPU time the kernel charged to the process and the children it waited for. On a
 shared machine the wall time of a two-thread program suffers more from other load than that
-of single-threaded `cp`; the CPU time barely moves, so it is printed too.
+of single-threaded `cp`; the CPU times barely move, so they are printed too.
 
 Memory: separate runs (so that polling does not steal a core from the timed runs), two ways:
   * peak RssAnon, polled from /proc/PID/status every ~1 ms: the memory tflq itself
@@ -34,15 +34,15 @@ import time
 MIB = 1 << 20
 
 
-def run_timed(cmd: list[str], **kw) -> tuple[float, int, float]:
-    """Runs `cmd`; returns wall seconds, exit code and CPU seconds (user + system, with the
-    children it waited for)."""
+def run_timed(cmd: list[str], **kw) -> tuple[float, int, float, float]:
+    """Runs `cmd`; returns wall seconds, exit code, and user and system CPU seconds (with
+    the children it waited for)."""
     start = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, **kw)
     _, status, usage = os.wait4(p.pid, 0)
     elapsed = time.perf_counter() - start
     p.returncode = os.waitstatus_to_exitcode(status)
-    return elapsed, p.returncode, usage.ru_utime + usage.ru_stime
+    return elapsed, p.returncode, usage.ru_utime, usage.ru_stime
 
 
 def status_kib(pid: int) -> dict[str, int]:
@@ -129,6 +129,8 @@ class Case:
         self.poll = contender[1][0] != "sh"
         self.times = {"base": [], "tflq": []}
         self.cpu = {"base": [], "tflq": []}
+        self.user = {"base": [], "tflq": []}
+        self.sys = {"base": [], "tflq": []}
         self.failed = None
         self.anon = self.rss = None
         self.out_size = None
@@ -157,12 +159,14 @@ def measure(cases: list[Case], runs: int, scratch: str, memory: bool) -> None:
                 clear(os.path.join(scratch, "cp"))
                 settle()
                 argv = c.baseline[1] if who == "base" else c.contender[1]
-                t, code, cpu = run_timed(argv)
+                t, code, user, system = run_timed(argv)
                 if code != 0:
                     c.failed = f"{' '.join(argv)} exited {code}"
                     break
                 c.times[who].append(t)
-                c.cpu[who].append(cpu)
+                c.cpu[who].append(user + system)
+                c.user[who].append(user)
+                c.sys[who].append(system)
             if c.failed:
                 break
             print(
@@ -184,8 +188,8 @@ def measure(cases: list[Case], runs: int, scratch: str, memory: bool) -> None:
 
 def table(cases: list[Case]) -> str:
     head = (
-        "| case | input MiB | baseline | baseline s | tflq s | ratio | baseline CPU s | "
-        "tflq CPU s | tflq peak RssAnon MiB | peak RSS - input MiB | output MiB |"
+        "| case | input MiB | baseline | baseline s | tflq s | ratio | baseline user / sys s | "
+        "tflq user / sys s | tflq peak RssAnon MiB | peak RSS - input MiB | output MiB |"
     )
     lines = [head, "|" + "---|" * 11]
     for c in cases:
@@ -194,13 +198,14 @@ def table(cases: list[Case]) -> str:
             continue
         b = statistics.median(c.times["base"])
         t = statistics.median(c.times["tflq"])
-        bc = statistics.median(c.cpu["base"])
-        tc = statistics.median(c.cpu["tflq"])
+        med = statistics.median
+        bc = f"{fmt_s(med(c.user['base']))} / {fmt_s(med(c.sys['base']))}"
+        tc = f"{fmt_s(med(c.user['tflq']))} / {fmt_s(med(c.sys['tflq']))}"
         size = tree_size(c.input)
         extra = None if c.rss is None else max(c.rss - (size if os.path.isfile(c.input) else 0), 0)
         lines.append(
             f"| {c.name} | {size / MIB:.1f} | {c.baseline[0]} | {fmt_s(b)} | {fmt_s(t)} "
-            f"| {t / b:.2f} | {fmt_s(bc)} | {fmt_s(tc)} | {fmt_mib(c.anon)} | {fmt_mib(extra)} "
+            f"| {t / b:.2f} | {bc} | {tc} | {fmt_mib(c.anon)} | {fmt_mib(extra)} "
             f"| {fmt_mib(c.out_size)} |"
         )
     return "\n".join(lines)
@@ -209,6 +214,11 @@ def table(cases: list[Case]) -> str:
 def has_subcommand(tflq: str, name: str) -> bool:
     r = subprocess.run([tflq, name, "--help"], capture_output=True)
     return r.returncode == 0
+
+
+def quantize_has(tflq: str, option: str) -> bool:
+    r = subprocess.run([tflq, "quantize", "--help"], capture_output=True, text=True)
+    return option in r.stdout
 
 
 def quantize_takes_dir(tflq: str) -> bool:
@@ -253,6 +263,19 @@ def main() -> None:
                 src,
                 ("cp", ["cp", src, cp_out]),
                 ("tflq", [tflq, "quantize", "-q", src, "-o", out]),
+                out,
+            )
+        )
+
+    if quantize_has(tflq, "--no-equalize"):
+        # What the default's cross-layer equalization costs on the largest model.
+        src = os.path.join(data, "mlp-1g.tflite")
+        cases.append(
+            Case(
+                "quantize mlp-1g --no-equalize",
+                src,
+                ("cp", ["cp", src, cp_out]),
+                ("tflq", [tflq, "quantize", "-q", "--no-equalize", src, "-o", out]),
                 out,
             )
         )
@@ -322,6 +345,8 @@ def main() -> None:
                         "case": c.name,
                         "times": c.times,
                         "cpu": c.cpu,
+                        "user": c.user,
+                        "sys": c.sys,
                         "peak_rss_anon": c.anon,
                         "peak_rss": c.rss,
                         "output_bytes": c.out_size,

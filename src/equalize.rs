@@ -371,19 +371,16 @@ impl Rescale {
             }
             return;
         }
-        let geometry: Vec<(usize, usize)> = steps
-            .iter()
-            .map(|s| channel_geometry(&self.dims, s.axis))
-            .collect();
         let (mut i, mut e) = (0, first);
         while i < dst.len() {
             let j = e % last;
             let len = (last - j).min(dst.len() - i);
             let d = &mut dst[i..i + len];
-            for (k, (step, &(n, stride))) in steps.iter().zip(&geometry).enumerate() {
+            for (k, step) in steps.iter().enumerate() {
                 let f = if step.axis + 1 == self.dims.len() {
                     Factor::Each(&step.factors[j..j + len])
                 } else {
+                    let (n, stride) = channel_geometry(&self.dims, step.axis);
                     Factor::One(step.factors[(e / stride) % n])
                 };
                 let from = if k == 0 {
