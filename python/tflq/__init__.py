@@ -321,7 +321,7 @@ def quantize_dir(
     """Quantizes every ``.tflite`` under ``inputs`` (files and folders) into the folder ``output``.
 
     Each model goes to its relative path under ``output`` (relative to the deepest folder
-    holding all the inputs), ``jobs`` at a time (default: one per core). A model that fails
+    holding all the inputs), ``jobs`` at a time (default: two per core). A model that fails
     is reported in the result (``status`` "failed", ``error``) and the others go on.
 
     progress : bool or callable

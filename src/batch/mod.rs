@@ -42,7 +42,7 @@ pub struct BatchOptions {
     /// What to quantize, whether an output may replace its input, and the cancel token
     /// that stops the batch.
     pub file: FileOptions,
-    /// Files processed at once (0: one per core).
+    /// Files processed at once (0: two per core).
     pub jobs: usize,
     /// Leave files whose output is at least as new as the input.
     pub skip_existing: bool,
@@ -382,7 +382,10 @@ pub fn run(
     // Largest first: the batch then ends soon after its largest model.
     queue.sort_by(|&a, &b| files[b].bytes.cmp(&files[a].bytes).then(a.cmp(&b)));
     let jobs = match opts.jobs {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        // Two per core: a job waiting for its output to reach the disk (`fsync`, a few ms
+        // per model) leaves its core to another instead of idle (100 small models: 0.34 s
+        // with one per core, 0.27 s with two; more gave nothing).
+        0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
 

@@ -61,7 +61,7 @@ pub struct Args {
     /// tensor's encoding; one input file only).
     #[arg(long, value_name = "FILE")]
     write_plan: Option<PathBuf>,
-    /// Models processed at once [default: the number of cores].
+    /// Models processed at once [default: twice the number of cores].
     #[arg(short, long, value_name = "N", help_heading = BATCH)]
     jobs: Option<NonZeroUsize>,
     /// Skip files whose output exists and is at least as new as the input.
