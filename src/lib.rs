@@ -52,7 +52,7 @@ pub use error::{Error, ModelError, Result};
 pub use model::Model;
 pub use pipeline::{FileOptions, against_files, quantize_file, read_model, report_file};
 pub use plan::{
-    Granularity, LayoutPolicy, Mode, Options, RangeMethod, SkipReason, Target, WeightType,
+    Granularity, LayoutPolicy, Mode, Named, Options, RangeMethod, SkipReason, Target, WeightType,
 };
 pub use report::{Report, ReportOptions};
 pub use rewrite::Layout;

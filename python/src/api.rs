@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tflq::batch::{BatchOptions, FileReport, Found, Observer, Shard};
 use tflq::report::format::{Format, FormatOptions};
-use tflq::{
-    Cancel, FileOptions, Granularity, LayoutPolicy, Mode, Options, ReportOptions, WeightType,
-};
+use tflq::{Cancel, FileOptions, Options, ReportOptions};
 
 /// The quantization options, as the keyword arguments give them (CLI flag values).
 #[derive(Debug, Clone)]
@@ -116,41 +114,15 @@ fn op_codes(names: &[String], what: &str) -> Res<Vec<tflq::ops::Op>> {
         .collect()
 }
 
-fn pick<T: Copy>(what: &str, value: &str, choices: &[(&str, T)]) -> Res<T> {
-    let key = value.replace('_', "-").to_ascii_lowercase();
-    choices
-        .iter()
-        .find(|(name, _)| *name == key)
-        .map(|&(_, v)| v)
-        .ok_or_else(|| {
-            let names: Vec<_> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
-            Failure::Usage(format!(
-                "{what}: invalid value {value:?} (choose {})",
-                names.join(", ")
-            ))
-        })
+/// The value named `value` of the option the Python API calls `what`.
+fn pick<T: tflq::Named>(what: &str, value: &str) -> Res<T> {
+    T::from_name(value).map_err(|why| Failure::Usage(format!("{what}: {why}")))
 }
 
 /// The library's options, checked as the command line checks its flags.
 pub fn options(a: &QuantArgs) -> Res<Options> {
-    let mode = pick(
-        "mode",
-        &a.mode,
-        &[
-            ("weight-only", Mode::WeightOnly),
-            ("dynamic", Mode::Dynamic),
-        ],
-    )?;
-    let weight_type = pick(
-        "weight_type",
-        &a.weight_type,
-        &[
-            ("int8", WeightType::Int8),
-            ("int4", WeightType::Int4),
-            ("int2", WeightType::Int2),
-            ("float16", WeightType::Float16),
-        ],
-    )?;
+    let mode = pick("mode", &a.mode)?;
+    let weight_type = pick("weight_type", &a.weight_type)?;
     let exclude_tensors = match &a.exclude_tensors {
         None => None,
         Some(p) => Some(regex::Regex::new(p).map_err(|e| {
@@ -159,24 +131,9 @@ pub fn options(a: &QuantArgs) -> Res<Options> {
     };
     let options = Options {
         min_elements: a.min_elements,
-        layout: pick(
-            "layout",
-            &a.layout,
-            &[
-                ("auto", LayoutPolicy::Auto),
-                ("external", LayoutPolicy::External),
-            ],
-        )?,
+        layout: pick("layout", &a.layout)?,
         mode,
-        granularity: pick(
-            "granularity",
-            &a.granularity,
-            &[
-                ("per-tensor", Granularity::PerTensor),
-                ("per-channel", Granularity::PerChannel),
-                ("block", Granularity::Block),
-            ],
-        )?,
+        granularity: pick("granularity", &a.granularity)?,
         block_size: a.block_size,
         symmetric: a.symmetric,
         weight_type,
@@ -184,14 +141,7 @@ pub fn options(a: &QuantArgs) -> Res<Options> {
         exclude_ops: op_codes(&a.exclude_ops, "exclude_ops")?,
         exclude_tensors,
         quantize_biases: a.quantize_biases,
-        range: pick(
-            "range",
-            &a.range,
-            &[
-                ("minmax", tflq::plan::RangeMethod::Minmax),
-                ("mse", tflq::plan::RangeMethod::Mse),
-            ],
-        )?,
+        range: pick("range", &a.range)?,
         equalize: a.equalize,
         assignment: match &a.plan {
             None => None,
@@ -200,14 +150,7 @@ pub fn options(a: &QuantArgs) -> Res<Options> {
                     .map_err(|e| Failure::Usage(format!("plan: {e}")))?,
             )),
         },
-        target: pick(
-            "target",
-            &a.target,
-            &[
-                ("litert", tflq::Target::Litert),
-                ("micro", tflq::Target::Micro),
-            ],
-        )?,
+        target: pick("target", &a.target)?,
         // Options the Python API does not name keep the library's defaults.
         ..Options::default()
     };

@@ -137,7 +137,7 @@ def test_errors(tmp_path):
     with pytest.raises(tflq.ModelError, match="no TFL3 identifier"):
         tflq.quantize_bytes(b"\0" * 64)
     for kwargs, match in [
-        ({"mode": "fast"}, "mode"),
+        ({"mode": "fast"}, r'mode: invalid value "fast" \(choose "weight-only", "dynamic"\)'),
         ({"granularity": "per-row"}, "granularity"),
         ({"type": "int3"}, "weight_type"),
         ({"granularity": "block"}, "needs --type int4"),

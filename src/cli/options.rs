@@ -1,6 +1,6 @@
 //! The quantization flags shared by `quantize` and `report`, turned into library options.
 
-use crate::{Granularity, LayoutPolicy, Mode, Options, RangeMethod, Target, WeightType};
+use crate::{Granularity, LayoutPolicy, Mode, Named, Options, RangeMethod, Target, WeightType};
 use anyhow::{Result, bail};
 
 /// Which tensors to quantize, and how.
@@ -13,15 +13,15 @@ pub struct QuantArgs {
     /// op). `dynamic`: ops with hybrid int8 kernels (FULLY_CONNECTED, CONV_2D,
     /// DEPTHWISE_CONV_2D, BATCH_MATMUL, EMBEDDING_LOOKUP, LSTM, SVDF, RNN, ...) read the
     /// int8 weights directly: less memory and faster at run time; weights are symmetric.
-    #[arg(long, value_enum, default_value_t = ModeArg::WeightOnly)]
-    mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::WeightOnly)]
+    mode: Mode,
     /// `per-tensor`: one scale per tensor. `per-channel`: one per output channel on the axis
     /// each op expects, falling back to per-tensor where the op or runtime cannot take it.
     /// `block` (int4/int2): one float16 scale per block of `--block-size` elements, for
     /// kernels that read blocks (dynamic FULLY_CONNECTED, EMBEDDING_LOOKUP); per-channel
     /// elsewhere, with the reason in the summary.
-    #[arg(long, value_enum, default_value_t = GranularityArg::PerTensor)]
-    granularity: GranularityArg,
+    #[arg(long, value_enum, default_value_t = Granularity::PerTensor)]
+    granularity: Granularity,
     /// Elements per block with `--granularity block`: 32, 64, 128 or 256.
     #[arg(long, value_name = "N")]
     block_size: Option<usize>,
@@ -32,8 +32,8 @@ pub struct QuantArgs {
     /// byte), or `float16` (behind DEQUANTIZE; values beyond ±65504 are clamped, with a
     /// warning). Where a kernel cannot take int4/int2 the weight keeps int8 (the summary
     /// says why).
-    #[arg(long = "type", value_enum, default_value_t = TypeArg::Int8)]
-    weight_type: TypeArg,
+    #[arg(long = "type", value_enum, default_value_t = WeightType::Int8)]
+    weight_type: WeightType,
     /// Only quantize weights read solely by these ops (builtin names, comma-separated,
     /// e.g. FULLY_CONNECTED,CONV_2D).
     #[arg(long, value_name = "OPS", value_delimiter = ',')]
@@ -52,13 +52,13 @@ pub struct QuantArgs {
     quantize_biases: bool,
     /// Where weight data goes: `auto` (inline, or after the flatbuffer with offset/size when
     /// the file would pass 2 GiB) or `external` (always after the flatbuffer).
-    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
-    layout: LayoutArg,
+    #[arg(long, value_enum, default_value_t = LayoutPolicy::Auto)]
+    layout: LayoutPolicy,
     /// How int8 clipping ranges are chosen: `minmax` (the smallest range holding every
     /// value) or `mse` (per tensor or channel, the range with the least squared error of the
     /// weights, which may clip a few outliers).
-    #[arg(long, value_enum, default_value_t = RangeArg::Minmax)]
-    range: RangeArg,
+    #[arg(long, value_enum, default_value_t = RangeMethod::Minmax)]
+    range: RangeMethod,
     /// No cross-layer equalization (on by default for per-tensor int8: channels of
     /// consecutive layers rescaled so that their ranges match; the model's function is
     /// unchanged).
@@ -70,8 +70,8 @@ pub struct QuantArgs {
     /// The runtime the model must compute right on: `litert` (LiteRT / TensorFlow Lite, every
     /// option) or `micro` (TensorFlow Lite Micro: per-tensor int8 behind DEQUANTIZE only;
     /// --mode dynamic, --granularity per-channel and --type float16 are refused).
-    #[arg(long, value_enum, default_value_t = TargetArg::Litert)]
-    target: TargetArg,
+    #[arg(long, value_enum, default_value_t = Target::Litert)]
+    target: Target,
     /// Apply the plan in FILE exactly (JSON, `{"tflq_plan": 1, "tensors": [...]}`, as
     /// --write-plan or `report --format plan` write it): each listed tensor gets its
     /// encoding, unlisted ones stay float32; a tensor whose readers cannot take its encoding
@@ -85,44 +85,31 @@ pub struct QuantArgs {
     target_sqnr: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum RangeArg {
-    Minmax,
-    Mse,
+// The library's option types are the flags' values, by the names the library gives them
+// (`Named`), which the Python package reads too.
+macro_rules! named_values {
+    ($($t:ty),*) => {$(
+        impl clap::ValueEnum for $t {
+            fn value_variants<'a>() -> &'a [Self] {
+                static VALUES: std::sync::OnceLock<Vec<$t>> = std::sync::OnceLock::new();
+                VALUES.get_or_init(|| <$t as Named>::NAMES.iter().map(|&(_, v)| v).collect())
+            }
+
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.name()))
+            }
+        }
+    )*};
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum TargetArg {
-    Litert,
-    Micro,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum ModeArg {
-    WeightOnly,
-    Dynamic,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum GranularityArg {
-    PerTensor,
-    PerChannel,
-    Block,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum TypeArg {
-    Int8,
-    Int4,
-    Int2,
-    Float16,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LayoutArg {
-    Auto,
-    External,
-}
+named_values!(
+    RangeMethod,
+    Target,
+    Mode,
+    Granularity,
+    WeightType,
+    LayoutPolicy
+);
 
 fn op_codes(names: &[String], flag: &str) -> Result<Vec<crate::ops::Op>> {
     names
@@ -140,21 +127,7 @@ fn op_codes(names: &[String], flag: &str) -> Result<Vec<crate::ops::Op>> {
 impl QuantArgs {
     /// Checks the flags and builds the library options. Errors are usage errors.
     pub fn to_options(&self) -> Result<Options> {
-        let mode = match self.mode {
-            ModeArg::WeightOnly => Mode::WeightOnly,
-            ModeArg::Dynamic => Mode::Dynamic,
-        };
-        let weight_type = match self.weight_type {
-            TypeArg::Int8 => WeightType::Int8,
-            TypeArg::Float16 => WeightType::Float16,
-            TypeArg::Int4 => WeightType::Int4,
-            TypeArg::Int2 => WeightType::Int2,
-        };
-        let granularity = match self.granularity {
-            GranularityArg::PerTensor => Granularity::PerTensor,
-            GranularityArg::PerChannel => Granularity::PerChannel,
-            GranularityArg::Block => Granularity::Block,
-        };
+        let (mode, weight_type, granularity) = (self.mode, self.weight_type, self.granularity);
         let block_size = match self.block_size {
             Some(n) if granularity != Granularity::Block => {
                 bail!("--block-size {n} needs --granularity block")
@@ -170,10 +143,7 @@ impl QuantArgs {
         };
         let options = Options {
             min_elements: self.min_elements,
-            layout: match self.layout {
-                LayoutArg::Auto => LayoutPolicy::Auto,
-                LayoutArg::External => LayoutPolicy::External,
-            },
+            layout: self.layout,
             mode,
             granularity,
             block_size,
@@ -183,16 +153,10 @@ impl QuantArgs {
             exclude_ops: op_codes(&self.exclude_ops, "--exclude-ops")?,
             exclude_tensors,
             quantize_biases: self.quantize_biases,
-            range: match self.range {
-                RangeArg::Minmax => RangeMethod::Minmax,
-                RangeArg::Mse => RangeMethod::Mse,
-            },
+            range: self.range,
             equalize: !self.no_equalize,
             equalize_only: self.equalize_only,
-            target: match self.target {
-                TargetArg::Litert => Target::Litert,
-                TargetArg::Micro => Target::Micro,
-            },
+            target: self.target,
             assignment: match &self.plan {
                 None => None,
                 Some(path) => {

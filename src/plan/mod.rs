@@ -15,6 +15,7 @@
 
 pub mod assign;
 mod encode;
+mod names;
 mod route;
 mod select;
 
@@ -26,6 +27,7 @@ use crate::encoding::Encoding;
 pub use crate::equalize::Values;
 use crate::model::{Model, OpRef, TensorRef};
 use crate::ops::Op;
+pub use names::Named;
 
 /// Options that decide which tensors are quantized, how, and how the output is laid out.
 #[derive(Debug, Clone)]
@@ -151,16 +153,6 @@ pub enum Target {
     Litert,
     /// TensorFlow Lite Micro: per-tensor int8 behind DEQUANTIZE only.
     Micro,
-}
-
-impl Target {
-    /// The name used on the command line and in summaries.
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Litert => "litert",
-            Target::Micro => "micro",
-        }
-    }
 }
 
 /// How the clipping range of int8 weights is chosen.
