@@ -799,6 +799,28 @@ mod tests {
             .collect()
     }
 
+    /// Float16 codes written by `write_encoded` called on a thread of a pool (in turn).
+    fn float16_on_pool(values: Values<'_>) -> Vec<u8> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| float16_written(values))
+    }
+
+    /// Float16 codes written by `write_encoded` with fresh buffers.
+    fn float16_written(values: Values<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_encoded(
+            values,
+            &Encoding::Float16,
+            &mut out,
+            &mut Default::default(),
+        )
+        .unwrap();
+        out
+    }
+
     #[test]
     fn streamed_blocks_arrive_whole_and_in_order_from_any_thread() {
         // Ten and a bit parallel chunks: several blocks, the last one short.
@@ -813,22 +835,10 @@ mod tests {
         let mut again = Vec::new();
         write_encoded(Values::of(&data), &Encoding::Float16, &mut again, &mut bufs).unwrap();
         assert!(again == want);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let on_pool = pool.install(|| {
-            let mut out = Vec::new();
-            write_encoded(
-                Values::of(&data),
-                &Encoding::Float16,
-                &mut out,
-                &mut Default::default(),
-            )
-            .unwrap();
-            out
-        });
-        assert!(on_pool == want, "from a pool thread (in turn)");
+        assert!(
+            float16_on_pool(Values::of(&data)) == want,
+            "from a pool thread (in turn)"
+        );
     }
 
     /// An equalized buffer is encoded from its rescaled values made piece by piece: the same
@@ -856,31 +866,8 @@ mod tests {
             bytes: &data,
             rescale: Some(&r),
         };
-        let mut out = Vec::new();
-        write_encoded(
-            values,
-            &Encoding::Float16,
-            &mut out,
-            &mut Default::default(),
-        )
-        .unwrap();
-        assert!(out == want, "pipelined");
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let on_pool = pool.install(|| {
-            let mut out = Vec::new();
-            write_encoded(
-                values,
-                &Encoding::Float16,
-                &mut out,
-                &mut Default::default(),
-            )
-            .unwrap();
-            out
-        });
-        assert!(on_pool == want, "in turn");
+        assert!(float16_written(values) == want, "pipelined");
+        assert!(float16_on_pool(values) == want, "in turn");
     }
 
     #[test]
