@@ -12,8 +12,10 @@
 //! Layouts (TFLite): CONV_2D `[O, H, W, I]`, DEPTHWISE_CONV_2D `[1, H, W, C]` (channel `C`
 //! is both in and out; multiplier 1 as layer 2), FULLY_CONNECTED `[O, I]`.
 //!
-//! [`find`] reads a parsed model (read only) and returns the new float32 data of every buffer
-//! it changes; writing them is the rewrite's job.
+//! [`find`] reads a parsed model (read only) and returns, for every buffer it changes, how:
+//! a [`Rescale`] (factors per channel, not new values, so no weight is copied). The
+//! rewriter applies them piece by piece as it encodes. [`scale_output`] and [`scale_input`]
+//! do the same to one pair of materialized arrays; the tests hold the rest to them.
 
 use std::collections::BTreeMap;
 
