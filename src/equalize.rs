@@ -264,6 +264,66 @@ fn channel_geometry(dims: &[usize], axis: usize) -> (usize, usize) {
     (dims[axis], dims[axis + 1..].iter().product())
 }
 
+/// The factor of `step` (and whether it divides) for the piece `j..j + len` of a row of the
+/// last axis that starts at element `e`.
+fn piece_factor<'a>(
+    dims: &[usize],
+    step: &'a Step,
+    j: usize,
+    len: usize,
+    e: usize,
+) -> (Factor<'a>, bool) {
+    let f = if step.axis + 1 == dims.len() {
+        Factor::Each(&step.factors[j..j + len])
+    } else {
+        let (n, stride) = channel_geometry(dims, step.axis);
+        Factor::One(step.factors[(e / stride) % n])
+    };
+    (f, step.divide)
+}
+
+/// `dst = op2(op1(src, a), b)` element by element: two steps in one pass, with the same
+/// operations in the same order as one pass per step.
+fn rescale_two(dst: &mut [f32], src: &[f32], a: (Factor<'_>, bool), b: (Factor<'_>, bool)) {
+    fn go(
+        dst: &mut [f32],
+        src: &[f32],
+        fa: impl Iterator<Item = f32>,
+        fb: impl Iterator<Item = f32>,
+        op1: impl Fn(f32, f32) -> f32,
+        op2: impl Fn(f32, f32) -> f32,
+    ) {
+        for (((d, &x), fa), fb) in dst.iter_mut().zip(src).zip(fa).zip(fb) {
+            *d = op2(op1(x, fa), fb);
+        }
+    }
+    fn ops(
+        dst: &mut [f32],
+        src: &[f32],
+        fa: impl Iterator<Item = f32>,
+        fb: impl Iterator<Item = f32>,
+        divide: (bool, bool),
+    ) {
+        let (mul, div) = (|x: f32, f: f32| x * f, |x: f32, f: f32| x / f);
+        match divide {
+            (false, true) => go(dst, src, fa, fb, mul, div),
+            (true, false) => go(dst, src, fa, fb, div, mul),
+            (false, false) => go(dst, src, fa, fb, mul, mul),
+            (true, true) => go(dst, src, fa, fb, div, div),
+        }
+    }
+    let divide = (a.1, b.1);
+    let one = std::iter::repeat;
+    match (a.0, b.0) {
+        (Factor::Each(x), Factor::Each(y)) => {
+            ops(dst, src, x.iter().copied(), y.iter().copied(), divide)
+        }
+        (Factor::Each(x), Factor::One(c)) => ops(dst, src, x.iter().copied(), one(c), divide),
+        (Factor::One(c), Factor::Each(y)) => ops(dst, src, one(c), y.iter().copied(), divide),
+        (Factor::One(c), Factor::One(k)) => ops(dst, src, one(c), one(k), divide),
+    }
+}
+
 /// `dst = op(src, factor)` element by element, or `dst = op(dst, factor)` without `src`.
 fn rescale_piece(dst: &mut [f32], src: Option<&[f32]>, f: Factor<'_>, divide: bool) {
     fn go(dst: &mut [f32], src: Option<&[f32]>, f: Factor<'_>, op: impl Fn(f32, f32) -> f32) {
@@ -378,19 +438,22 @@ impl Rescale {
             let j = e % last;
             let len = (last - j).min(dst.len() - i);
             let d = &mut dst[i..i + len];
-            for (k, step) in steps.iter().enumerate() {
-                let f = if step.axis + 1 == self.dims.len() {
-                    Factor::Each(&step.factors[j..j + len])
-                } else {
-                    let (n, stride) = channel_geometry(&self.dims, step.axis);
-                    Factor::One(step.factors[(e / stride) % n])
-                };
-                let from = if k == 0 {
-                    src.map(|s| &s[i..i + len])
-                } else {
-                    None
-                };
-                rescale_piece(d, from, f, step.divide);
+            let dims = &self.dims;
+            let factor = |step| piece_factor(dims, step, j, len, e);
+            match (steps, src) {
+                // A weight in the middle of a chain: both steps in one loop.
+                ([a, b], Some(s)) => rescale_two(d, &s[i..i + len], factor(a), factor(b)),
+                _ => {
+                    for (k, step) in steps.iter().enumerate() {
+                        let from = if k == 0 {
+                            src.map(|s| &s[i..i + len])
+                        } else {
+                            None
+                        };
+                        let (f, divide) = factor(step);
+                        rescale_piece(d, from, f, divide);
+                    }
+                }
             }
             i += len;
             e += len;
