@@ -1478,7 +1478,9 @@ mod tests {
     fn wide_rows_are_measured_by_strips() {
         let mut seed = 7u64;
         let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 100.0
         };
         for dims in [[5usize, 2077], [40, 2077], [3, 4096]] {
@@ -1490,7 +1492,10 @@ mod tests {
             assert_eq!(m.range(), Some(scan_range_par_ref(&values)));
             let mut with_nan = values.clone();
             with_nan[dims[1] * dims[0] / 2] = f32::NAN;
-            assert_eq!(ChannelRanges::measure(&le(&with_nan), &dims, 1).range(), None);
+            assert_eq!(
+                ChannelRanges::measure(&le(&with_nan), &dims, 1).range(),
+                None
+            );
         }
     }
 
