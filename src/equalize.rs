@@ -400,7 +400,12 @@ impl Rescale {
 
     /// Equalizes `values`, elements `first..` of the tensor as the model stores them.
     pub fn apply(&self, first: usize, values: &mut [f32]) {
-        self.rows(self.steps.len(), first, None, values);
+        self.apply_first(self.steps.len(), first, values);
+    }
+
+    /// [`Rescale::apply`] of the first `steps` steps only.
+    fn apply_first(&self, steps: usize, first: usize, values: &mut [f32]) {
+        self.rows(steps, first, None, values);
     }
 
     /// Writes `src` (elements `first..` of the tensor as the model stores them) equalized
@@ -412,11 +417,7 @@ impl Rescale {
     /// Writes `src` (elements `first..`) after the first `steps` steps into `dst`.
     fn apply_into(&self, steps: usize, first: usize, src: &[f32], dst: &mut Vec<f32>) {
         dst.resize(src.len(), 0.0);
-        if steps == 0 {
-            dst.copy_from_slice(src);
-        } else {
-            self.rows(steps, first, Some(src), dst);
-        }
+        self.rows(steps, first, Some(src), dst);
     }
 
     /// The first `steps` steps, row of the last axis by row, all steps on a row before the
@@ -424,15 +425,16 @@ impl Rescale {
     /// no separate copy is made.
     fn rows(&self, steps: usize, first: usize, src: Option<&[f32]>, dst: &mut [f32]) {
         let steps = &self.steps[..steps];
-        let Some(&last) = self.dims.last().filter(|&&l| l > 0) else {
-            return;
-        };
         if steps.is_empty() {
             if let Some(s) = src {
                 dst.copy_from_slice(s);
             }
             return;
         }
+        // A step has an axis, so there is a last one; if it is empty, so is the tensor.
+        let Some(&last) = self.dims.last().filter(|&&l| l > 0) else {
+            return;
+        };
         let (mut i, mut e) = (0, first);
         while i < dst.len() {
             let j = e % last;
@@ -466,10 +468,6 @@ impl Rescale {
         f32_from_le(bytes, &mut v);
         self.apply(0, &mut v);
         v
-    }
-
-    fn apply_first(&self, steps: usize, first: usize, values: &mut [f32]) {
-        self.rows(steps, first, None, values);
     }
 }
 
