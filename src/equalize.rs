@@ -251,10 +251,20 @@ enum Factor<'a> {
     One(f32),
 }
 
+/// The two operations a step does to a value with its channel's factor; every loop below
+/// takes them as they are (function items, so each loop is compiled for one of them).
+fn mul(x: f32, f: f32) -> f32 {
+    x * f
+}
+
+fn div(x: f32, f: f32) -> f32 {
+    x / f
+}
+
 impl Step {
     fn one(&self, channel: usize, x: f32) -> f32 {
         let s = self.factors[channel];
-        if self.divide { x / s } else { x * s }
+        if self.divide { div(x, s) } else { mul(x, s) }
     }
 }
 
@@ -304,7 +314,6 @@ fn rescale_two(dst: &mut [f32], src: &[f32], a: (Factor<'_>, bool), b: (Factor<'
         fb: impl Iterator<Item = f32>,
         divide: (bool, bool),
     ) {
-        let (mul, div) = (|x: f32, f: f32| x * f, |x: f32, f: f32| x / f);
         match divide {
             (false, true) => go(dst, src, fa, fb, mul, div),
             (true, false) => go(dst, src, fa, fb, div, mul),
@@ -351,9 +360,9 @@ fn rescale_piece(dst: &mut [f32], src: Option<&[f32]>, f: Factor<'_>, divide: bo
         }
     }
     if divide {
-        go(dst, src, f, |x, f| x / f);
+        go(dst, src, f, div);
     } else {
-        go(dst, src, f, |x, f| x * f);
+        go(dst, src, f, mul);
     }
 }
 
