@@ -253,10 +253,12 @@ enum Factor<'a> {
 
 /// The two operations a step does to a value with its channel's factor; every loop below
 /// takes them as they are (function items, so each loop is compiled for one of them).
+#[inline(always)]
 fn mul(x: f32, f: f32) -> f32 {
     x * f
 }
 
+#[inline(always)]
 fn div(x: f32, f: f32) -> f32 {
     x / f
 }
@@ -292,77 +294,86 @@ fn piece_factor<'a>(
     (f, step.divide)
 }
 
-/// `dst = op2(op1(src, a), b)` element by element: two steps in one pass, with the same
-/// operations in the same order as one pass per step.
-fn rescale_two(dst: &mut [f32], src: &[f32], a: (Factor<'_>, bool), b: (Factor<'_>, bool)) {
-    fn go(
-        dst: &mut [f32],
-        src: &[f32],
-        fa: impl Iterator<Item = f32>,
-        fb: impl Iterator<Item = f32>,
-        op1: impl Fn(f32, f32) -> f32,
-        op2: impl Fn(f32, f32) -> f32,
-    ) {
-        for (((d, &x), fa), fb) in dst.iter_mut().zip(src).zip(fa).zip(fb) {
-            *d = op2(op1(x, fa), fb);
+crate::simd::vectorized! {
+    /// `dst = op2(op1(src, a), b)` element by element: two steps in one pass, with the same
+    /// operations in the same order as one pass per step.
+    fn rescale_two(dst: &mut [f32], src: &[f32], a: (Factor<'_>, bool), b: (Factor<'_>, bool)) {
+        // Inlined, so that they are compiled with the features of each version.
+        #[inline(always)]
+        fn go(
+            dst: &mut [f32],
+            src: &[f32],
+            fa: impl Iterator<Item = f32>,
+            fb: impl Iterator<Item = f32>,
+            op1: impl Fn(f32, f32) -> f32,
+            op2: impl Fn(f32, f32) -> f32,
+        ) {
+            for (((d, &x), fa), fb) in dst.iter_mut().zip(src).zip(fa).zip(fb) {
+                *d = op2(op1(x, fa), fb);
+            }
         }
-    }
-    fn ops(
-        dst: &mut [f32],
-        src: &[f32],
-        fa: impl Iterator<Item = f32>,
-        fb: impl Iterator<Item = f32>,
-        divide: (bool, bool),
-    ) {
-        match divide {
-            (false, true) => go(dst, src, fa, fb, mul, div),
-            (true, false) => go(dst, src, fa, fb, div, mul),
-            (false, false) => go(dst, src, fa, fb, mul, mul),
-            (true, true) => go(dst, src, fa, fb, div, div),
+        #[inline(always)]
+        fn ops(
+            dst: &mut [f32],
+            src: &[f32],
+            fa: impl Iterator<Item = f32>,
+            fb: impl Iterator<Item = f32>,
+            divide: (bool, bool),
+        ) {
+            match divide {
+                (false, true) => go(dst, src, fa, fb, mul, div),
+                (true, false) => go(dst, src, fa, fb, div, mul),
+                (false, false) => go(dst, src, fa, fb, mul, mul),
+                (true, true) => go(dst, src, fa, fb, div, div),
+            }
         }
-    }
-    let divide = (a.1, b.1);
-    let one = std::iter::repeat;
-    match (a.0, b.0) {
-        (Factor::Each(x), Factor::Each(y)) => {
-            ops(dst, src, x.iter().copied(), y.iter().copied(), divide)
+        let divide = (a.1, b.1);
+        let one = std::iter::repeat;
+        match (a.0, b.0) {
+            (Factor::Each(x), Factor::Each(y)) => {
+                ops(dst, src, x.iter().copied(), y.iter().copied(), divide)
+            }
+            (Factor::Each(x), Factor::One(c)) => ops(dst, src, x.iter().copied(), one(c), divide),
+            (Factor::One(c), Factor::Each(y)) => ops(dst, src, one(c), y.iter().copied(), divide),
+            (Factor::One(c), Factor::One(k)) => ops(dst, src, one(c), one(k), divide),
         }
-        (Factor::Each(x), Factor::One(c)) => ops(dst, src, x.iter().copied(), one(c), divide),
-        (Factor::One(c), Factor::Each(y)) => ops(dst, src, one(c), y.iter().copied(), divide),
-        (Factor::One(c), Factor::One(k)) => ops(dst, src, one(c), one(k), divide),
     }
 }
 
-/// `dst = op(src, factor)` element by element, or `dst = op(dst, factor)` without `src`.
-fn rescale_piece(dst: &mut [f32], src: Option<&[f32]>, f: Factor<'_>, divide: bool) {
-    fn go(dst: &mut [f32], src: Option<&[f32]>, f: Factor<'_>, op: impl Fn(f32, f32) -> f32) {
-        match (src, f) {
-            (Some(s), Factor::Each(f)) => {
-                for ((d, &x), &f) in dst.iter_mut().zip(s).zip(f) {
-                    *d = op(x, f);
+crate::simd::vectorized! {
+    /// `dst = op(src, factor)` element by element, or `dst = op(dst, factor)` without `src`.
+    fn rescale_piece(dst: &mut [f32], src: Option<&[f32]>, f: Factor<'_>, divide: bool) {
+        // Inlined, so that it is compiled with the features of each version.
+        #[inline(always)]
+        fn go(dst: &mut [f32], src: Option<&[f32]>, f: Factor<'_>, op: impl Fn(f32, f32) -> f32) {
+            match (src, f) {
+                (Some(s), Factor::Each(f)) => {
+                    for ((d, &x), &f) in dst.iter_mut().zip(s).zip(f) {
+                        *d = op(x, f);
+                    }
                 }
-            }
-            (Some(s), Factor::One(f)) => {
-                for (d, &x) in dst.iter_mut().zip(s) {
-                    *d = op(x, f);
+                (Some(s), Factor::One(f)) => {
+                    for (d, &x) in dst.iter_mut().zip(s) {
+                        *d = op(x, f);
+                    }
                 }
-            }
-            (None, Factor::Each(f)) => {
-                for (d, &f) in dst.iter_mut().zip(f) {
-                    *d = op(*d, f);
+                (None, Factor::Each(f)) => {
+                    for (d, &f) in dst.iter_mut().zip(f) {
+                        *d = op(*d, f);
+                    }
                 }
-            }
-            (None, Factor::One(f)) => {
-                for d in dst.iter_mut() {
-                    *d = op(*d, f);
+                (None, Factor::One(f)) => {
+                    for d in dst.iter_mut() {
+                        *d = op(*d, f);
+                    }
                 }
             }
         }
-    }
-    if divide {
-        go(dst, src, f, div);
-    } else {
-        go(dst, src, f, mul);
+        if divide {
+            go(dst, src, f, div);
+        } else {
+            go(dst, src, f, mul);
+        }
     }
 }
 
@@ -710,8 +721,8 @@ struct Extremes {
 /// `mlp-1g`'s 8,192.
 const ROW_BY_ROW: usize = 2048;
 
-/// Channels of the last axis measured together down the rows (one register's worth per
-/// extreme on AVX-512, four on SSE2).
+/// Channels of the last axis measured together down the rows (two registers per extreme
+/// with AVX2, four on SSE2).
 const STRIP: usize = 16;
 
 impl Extremes {
@@ -779,23 +790,15 @@ impl Extremes {
     /// strip's extremes in registers (not loaded and stored at every row).
     fn strips(&mut self, n: usize, rows: &[f32]) {
         let strips = n / STRIP * STRIP;
-        let mut bad = [false; STRIP];
+        let mut bad = false;
         for t in (0..strips).step_by(STRIP) {
             let mut mins: [f32; STRIP] = self.min[t..t + STRIP].try_into().unwrap_or([0.0; STRIP]);
             let mut maxs: [f32; STRIP] = self.max[t..t + STRIP].try_into().unwrap_or([0.0; STRIP]);
-            for row in rows.chunks_exact(n) {
-                let vs = &row[t..t + STRIP];
-                for i in 0..STRIP {
-                    let v = vs[i];
-                    mins[i] = if v < mins[i] { v } else { mins[i] };
-                    maxs[i] = if v > maxs[i] { v } else { maxs[i] };
-                    bad[i] |= !v.is_finite();
-                }
-            }
+            bad |= crate::simd::column_extremes16(rows, n, t, &mut mins, &mut maxs);
             self.min[t..t + STRIP].copy_from_slice(&mins);
             self.max[t..t + STRIP].copy_from_slice(&maxs);
         }
-        self.finite &= !bad.iter().any(|&b| b);
+        self.finite &= !bad;
         if strips < n {
             for row in rows.chunks_exact(n) {
                 self.row(strips, &row[strips..]);
@@ -805,13 +808,7 @@ impl Extremes {
 
     /// Adds `values` to channels `from..`.
     fn row(&mut self, from: usize, values: &[f32]) {
-        let mut bad = false;
-        let (mins, maxs) = (&mut self.min[from..], &mut self.max[from..]);
-        for ((m, x), &v) in mins.iter_mut().zip(maxs.iter_mut()).zip(values) {
-            *m = if v < *m { v } else { *m };
-            *x = if v > *x { v } else { *x };
-            bad |= !v.is_finite();
-        }
+        let bad = crate::simd::row_extremes(&mut self.min[from..], &mut self.max[from..], values);
         // An infinity would be in min/max; the scan of whole tensors keeps them out, and
         // the measure is then taken again the slow way.
         self.finite &= !bad;

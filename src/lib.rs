@@ -42,6 +42,7 @@ pub mod quant;
 pub mod range;
 pub mod report;
 pub mod rewrite;
+mod simd;
 pub mod summary;
 pub mod text;
 

@@ -62,31 +62,21 @@ const LANES: usize = 16;
 
 /// Scans `values` once for min, max and non-finite values.
 ///
-/// The pass is a tight loop over lanes that compiles to packed min/max instructions: a NaN
-/// compares false and so never becomes a bound, and is only flagged. Only when a NaN or an
+/// The pass is a tight loop over lanes of packed min/max instructions
+/// ([`crate::simd::lanes16`]): a NaN compares false and so never becomes a bound, and is
+/// only flagged. Only when a NaN or an
 /// infinity shows up is the slice scanned again, by [`scan_range_exact`], to count them and
 /// keep them out of the range: the common, all-finite case reads the data once.
 pub fn scan_range(values: &[f32]) -> Range {
     let mut mins = [f32::INFINITY; LANES];
     let mut maxs = [f32::NEG_INFINITY; LANES];
-    let mut nan = [0u32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for i in 0..LANES {
-            let x = chunk[i];
-            mins[i] = if x < mins[i] { x } else { mins[i] };
-            maxs[i] = if x > maxs[i] { x } else { maxs[i] };
-            nan[i] |= u32::from(x.is_nan());
-        }
-    }
+    let rest = &values[values.len() / LANES * LANES..];
+    let mut any_nan = crate::simd::lanes16(values, &mut mins, &mut maxs);
     let mut min = f32::INFINITY;
     let mut max = f32::NEG_INFINITY;
-    let mut any_nan = false;
     for i in 0..LANES {
         min = min.min(mins[i]);
         max = max.max(maxs[i]);
-        any_nan |= nan[i] != 0;
     }
     for &x in rest {
         min = if x < min { x } else { min };
@@ -250,13 +240,15 @@ fn round_half_away(v: f32) -> i32 {
     (k ^ s) - s
 }
 
-/// Quantizes `values` into `out` (same length) with `p`. Non-finite inputs must have been
-/// ruled out by the caller; a NaN would come out as -128.
-pub fn quantize_into(values: &[f32], p: QuantParams, out: &mut [i8]) {
-    debug_assert_eq!(values.len(), out.len());
-    let step = Stepper::new(p);
-    for (o, &x) in out.iter_mut().zip(values) {
-        *o = (step.step(x) + p.zero_point) as i8;
+crate::simd::vectorized! {
+    /// Quantizes `values` into `out` (same length) with `p`. Non-finite inputs must have been
+    /// ruled out by the caller; a NaN would come out as -128.
+    pub fn quantize_into(values: &[f32], p: QuantParams, out: &mut [i8]) {
+        debug_assert_eq!(values.len(), out.len());
+        let step = Stepper::new(p);
+        for (o, &x) in out.iter_mut().zip(values) {
+            *o = (step.step(x) + p.zero_point) as i8;
+        }
     }
 }
 
@@ -445,56 +437,62 @@ fn sums_f64(xs: &[f32], ys: &[f32]) -> ErrorStats {
     t
 }
 
-/// Σx², Σ(x-y)², max|x-y| and Σy² over whole groups of [`L`] elements, each in [`L`]
-/// independent lanes: float addition is not associative, so a single running sum would be
-/// a serial chain that the compiler must keep scalar. Kept out of line: inlined into a
-/// larger loop nest, the same code was vectorised badly (lanes shuffled).
-#[inline(never)]
-fn lane_sums(xs: &[f32], ys: &[f32]) -> [[f32; L]; 4] {
-    let (mut s, mut n, mut m, mut r) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
-    for (x8, y8) in xs.chunks_exact(L).zip(ys.chunks_exact(L)) {
-        for i in 0..L {
-            let (x, y) = (x8[i], y8[i]);
-            let e = x - y;
-            let a = e.abs();
-            s[i] += x * x;
-            n[i] += e * e;
-            m[i] = if a > m[i] { a } else { m[i] };
-            r[i] += y * y;
+crate::simd::vectorized! {
+    /// Σx², Σ(x-y)², max|x-y| and Σy² over whole groups of [`L`] elements, each in [`L`]
+    /// independent lanes: float addition is not associative, so a single running sum would be
+    /// a serial chain that the compiler must keep scalar. Kept out of line: inlined into a
+    /// larger loop nest, the same code was vectorised badly (lanes shuffled).
+    #[inline(never)]
+    fn lane_sums(xs: &[f32], ys: &[f32]) -> [[f32; L]; 4] {
+        let (mut s, mut n, mut m, mut r) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
+        for (x8, y8) in xs.chunks_exact(L).zip(ys.chunks_exact(L)) {
+            for i in 0..L {
+                let (x, y) = (x8[i], y8[i]);
+                let e = x - y;
+                let a = e.abs();
+                s[i] += x * x;
+                n[i] += e * e;
+                m[i] = if a > m[i] { a } else { m[i] };
+                r[i] += y * y;
+            }
         }
+        [s, n, m, r]
     }
-    [s, n, m, r]
 }
 
-/// [`quantize_into`] and [`error_stats`], run by run, so that each run is read from memory
-/// once and measured while it is in cache. The reconstructions come from the rounded steps
-/// (`k as f32` is exact and equals `dequantize`'s `(q - zero_point) as f32`), so that the
-/// codes are not read back.
-pub(crate) fn quantize_measured(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStats {
-    let step = Stepper::new(p);
-    let mut recon = [0f32; RUN];
-    let mut total = ErrorStats::default();
-    for (xs, qs) in values.chunks(RUN).zip(out.chunks_mut(RUN)) {
-        let ys = &mut recon[..xs.len().min(qs.len())];
-        for ((o, y), &x) in qs.iter_mut().zip(ys.iter_mut()).zip(xs) {
+crate::simd::vectorized! {
+    /// [`quantize_into`] and [`error_stats`], run by run, so that each run is read from memory
+    /// once and measured while it is in cache. The reconstructions come from the rounded steps
+    /// (`k as f32` is exact and equals `dequantize`'s `(q - zero_point) as f32`), so that the
+    /// codes are not read back.
+    pub(crate) fn quantize_measured(values: &[f32], p: QuantParams, out: &mut [i8]) -> ErrorStats {
+        let step = Stepper::new(p);
+        let mut recon = [0f32; RUN];
+        let mut total = ErrorStats::default();
+        for (xs, qs) in values.chunks(RUN).zip(out.chunks_mut(RUN)) {
+            let ys = &mut recon[..xs.len().min(qs.len())];
+            for ((o, y), &x) in qs.iter_mut().zip(ys.iter_mut()).zip(xs) {
+                let k = step.step(x);
+                *o = (k + p.zero_point) as i8;
+                *y = p.scale * k as f32;
+            }
+            total = total.merge(sums(xs, ys));
+        }
+        total
+    }
+}
+
+crate::simd::vectorized! {
+    /// Quantizes `values` into `out` and writes the reconstructions into `recon` (all of one
+    /// length), for callers that measure many short runs at once with [`sums`].
+    #[inline]
+    pub(crate) fn quantize_recon(values: &[f32], p: QuantParams, out: &mut [i8], recon: &mut [f32]) {
+        let step = Stepper::new(p);
+        for ((o, y), &x) in out.iter_mut().zip(recon.iter_mut()).zip(values) {
             let k = step.step(x);
             *o = (k + p.zero_point) as i8;
             *y = p.scale * k as f32;
         }
-        total = total.merge(sums(xs, ys));
-    }
-    total
-}
-
-/// Quantizes `values` into `out` and writes the reconstructions into `recon` (all of one
-/// length), for callers that measure many short runs at once with [`sums`].
-#[inline]
-pub(crate) fn quantize_recon(values: &[f32], p: QuantParams, out: &mut [i8], recon: &mut [f32]) {
-    let step = Stepper::new(p);
-    for ((o, y), &x) in out.iter_mut().zip(recon.iter_mut()).zip(values) {
-        let k = step.step(x);
-        *o = (k + p.zero_point) as i8;
-        *y = p.scale * k as f32;
     }
 }
 
