@@ -239,7 +239,9 @@ fn build_skeleton(
     }
 
     let scale_buffer = scale_buffers(model, plan);
-    let mut fbb = FlatBufferBuilder::with_capacity(model.bytes().len().min(64 << 20) / 4 + 4096);
+    // The skeleton holds no tensor data (that is streamed after it), so it starts small and
+    // grows if it must: sized like the input, it was a zeroed allocation of up to 16 MiB.
+    let mut fbb = FlatBufferBuilder::with_capacity(64 << 10);
     let mut subgraphs = Vec::with_capacity(model.subgraphs().len());
     for (si, sg) in root.subgraphs().into_iter().flatten().enumerate() {
         let mut sg = sg.unpack();
