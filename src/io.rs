@@ -126,6 +126,38 @@ impl std::ops::Deref for Mapped {
 }
 
 impl Mapped {
+    /// Gives the memory back, a map's page tables dropped by every core at once.
+    ///
+    /// Unmapping costs the kernel a step per 4 KiB page: 3 ms for 48 MiB, 11 ms for 180 MiB,
+    /// on one core at exit if nothing else is done. `MADV_DONTNEED` of disjoint ranges runs
+    /// in parallel (it takes the map's lock shared), and leaves the final unmap nothing to do.
+    /// The pages stay in the page cache; only this process's view of them goes.
+    pub fn release(self) {
+        use rayon::prelude::*;
+        let Data::Map(map) = &self.data else {
+            return;
+        };
+        let page = 4096;
+        let part = map
+            .len()
+            .div_ceil(rayon::current_num_threads())
+            .div_ceil(page)
+            * page;
+        if part == 0 {
+            return;
+        }
+        (0..map.len()).into_par_iter().step_by(part).for_each(|at| {
+            let len = part.min(map.len() - at);
+            // SAFETY: DONTNEED on a shared, read-only file map only drops its page table
+            // entries: a later read would fault the same file pages back in. Nothing reads
+            // the map any more (`self` is consumed), and an error just leaves the work to
+            // the unmap below.
+            #[allow(unsafe_code)]
+            let _ =
+                unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, at, len) };
+        });
+    }
+
     /// Fails if the file's size or modification time changed since it was opened: another
     /// process wrote to it while it was being read, so what was read may be a mixture.
     pub fn check_unchanged(&self) -> Result<()> {
@@ -478,6 +510,22 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
         assert_eq!(names(dir.path()), ["out.tflite"]);
+    }
+
+    #[test]
+    fn releasing_a_mapped_input_keeps_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.tflite");
+        // Mapped (above READ_LIMIT), and not a whole number of pages or of parts.
+        let want: Vec<u8> = (0..(3 << 20) + 4099).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &want).unwrap();
+        let data = map_input(&path).unwrap();
+        assert!(matches!(data.data, Data::Map(_)));
+        assert_eq!(&data[..], &want[..]);
+        data.release();
+        // Dropping the page table entries must leave the file and its cached pages alone.
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        assert_eq!(&map_input(&path).unwrap()[..], &want[..]);
     }
 
     #[test]

@@ -60,6 +60,11 @@ impl ModelFile {
     pub fn check_unchanged(&self) -> Result<()> {
         self.data.check_unchanged()
     }
+
+    /// Gives the file's memory back ([`Mapped::release`]).
+    pub fn release(self) {
+        self.data.release();
+    }
 }
 
 /// Quantizes the model at `input` into `output`.
@@ -83,6 +88,8 @@ pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<
         })?;
         // Before the output gets its name: not from an input that changed meanwhile.
         data.check_unchanged()?;
+        // The input is no longer needed: its map goes while the output is made durable.
+        rayon::spawn(move || data.release());
         Ok(summary)
     })?;
     summary.seconds = start.elapsed().as_secs_f64();
