@@ -591,7 +591,11 @@ fn stream<W: Write>(
     layout: Layout,
     out: W,
 ) -> std::io::Result<(u64, Vec<ErrorStats>)> {
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    // Small pieces (lengths, padding, small tensors) are gathered; an encoded block (at
+    // least 64 Ki elements, so at least 64 KiB of int8 and 32 KiB of int4 codes) mostly
+    // goes straight to `out`, since a buffer no larger than it is bypassed: with a megabyte
+    // here, every block was copied once more (100 small models: 3% of the CPU time).
+    let mut out = std::io::BufWriter::with_capacity(32 << 10, out);
     let mut stats = vec![ErrorStats::default(); plan.jobs().len()];
     out.write_all(skeleton)?;
     let mut pos = skeleton.len() as u64;
