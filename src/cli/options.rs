@@ -61,7 +61,8 @@ pub struct QuantArgs {
     range: RangeMethod,
     /// No cross-layer equalization (on by default for per-tensor int8: channels of
     /// consecutive layers rescaled so that their ranges match; the model's function is
-    /// unchanged). Equalizing costs about 0.2 s of CPU per GiB of weights.
+    /// unchanged). Equalizing costs about 0.3 s of CPU time per GiB of weights (a second
+    /// read of the layers in the middle of a chain, and a rescaling of every value).
     #[arg(long)]
     no_equalize: bool,
     /// Equalize only and write the float model (to check that equalization keeps outputs).
