@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Whole-run benchmark: tflq against `cp` of the same files, on large seeded models.
 #
-#   scripts/bench.sh [--runs N] [--only NAME,...] [--no-memory] [--json FILE] [--huge]
+#   scripts/bench.sh [--runs N] [--only NAME,...] [--no-memory] [--json FILE] [--huge] [--reread]
 #                    [--google "PY scripts/bench_google.py {in} {out}"]
 #
 # Builds the release binary and, once, the benchmark models into bench-data/ (gitignored,

@@ -92,9 +92,17 @@ def settle() -> None:
     os.sync()
 
 
-def warm(paths: list[str]) -> None:
+def warm(paths: list[str], reread: bool = False) -> None:
+    """Brings `paths` into the page cache. With `reread`, each is first dropped from it and
+    then read back, as from disk: the cache then holds it in large folios (on this kernel),
+    which a process maps far more cheaply than the small folios a file keeps from being
+    written (docs/bench.md)."""
+    if reread:
+        os.sync()
     for p in paths:
         with open(p, "rb") as f:
+            if reread:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             while f.read(16 * MIB):
                 pass
 
@@ -136,14 +144,14 @@ class Case:
         self.out_size = None
 
 
-def measure(cases: list[Case], runs: int, scratch: str, memory: bool) -> None:
+def measure(cases: list[Case], runs: int, scratch: str, memory: bool, reread: bool) -> None:
     for c in cases:
         warm_list = (
             [c.input]
             if os.path.isfile(c.input)
             else [os.path.join(d, f) for d, _, fs in os.walk(c.input) for f in fs]
         )
-        warm(warm_list)
+        warm(warm_list, reread)
         # One untimed run of each first: on a fresh VM, the first touch of guest memory for
         # the output's pages is slow (it made a 1 GiB `cp` take 3 s instead of 0.3 s).
         for argv in (c.baseline[1], c.contender[1]):
@@ -239,6 +247,12 @@ def main() -> None:
     )
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument(
+        "--reread",
+        action="store_true",
+        help="drop each input from the page cache and read it back before its case, so that "
+        "it is cached as a file read from disk is, not as one just written",
+    )
+    ap.add_argument(
         "--google",
         help="a command (shell words) that quantizes IN to OUT with Google's quantizer, "
         "with {in} and {out} placeholders; timed against cp on the 1 GiB model",
@@ -320,10 +334,11 @@ def main() -> None:
         keep = [s.strip() for s in args.only.split(",")]
         cases = [c for c in cases if any(k in c.name for k in keep)]
 
-    measure(cases, args.runs, scratch, not args.no_memory)
+    measure(cases, args.runs, scratch, not args.no_memory, args.reread)
     print()
+    cached = "inputs read back into the page cache" if args.reread else "inputs as cached"
     print(f"tflq: {tflq}; {args.runs} alternating runs per case, medians; "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs; {cached}")
     print(table(cases))
     for c in cases:
         if c.note:
