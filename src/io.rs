@@ -126,12 +126,15 @@ impl std::ops::Deref for Mapped {
 }
 
 impl Mapped {
-    /// Gives the memory back, a map's page tables dropped by every core at once.
+    /// Gives the memory back: a map's page tables are dropped in parts, on the pool.
     ///
     /// Unmapping costs the kernel a step per 4 KiB page: 3 ms for 48 MiB, 11 ms for 180 MiB,
-    /// on one core at exit if nothing else is done. `MADV_DONTNEED` of disjoint ranges runs
-    /// in parallel (it takes the map's lock shared), and leaves the final unmap nothing to do.
-    /// The pages stay in the page cache; only this process's view of them goes.
+    /// on one core at exit if nothing else is done. `MADV_DONTNEED` of disjoint parts may
+    /// run at once (it takes the map's lock shared; on the project's VM two cores took about
+    /// as long as one, the page cache's accounting being shared), and it leaves the final
+    /// unmap nothing to do. Called in the background while the output is made durable (see
+    /// `quantize_file`), it overlaps the `fsync`. The pages stay in the page cache; only
+    /// this process's view of them goes.
     pub fn release(self) {
         use rayon::prelude::*;
         let Data::Map(map) = &self.data else {

@@ -64,9 +64,9 @@ const LANES: usize = 16;
 ///
 /// The pass is a tight loop over lanes of packed min/max instructions
 /// ([`crate::simd::lanes16`]): a NaN compares false and so never becomes a bound, and is
-/// only flagged. Only when a NaN or an
-/// infinity shows up is the slice scanned again, by [`scan_range_exact`], to count them and
-/// keep them out of the range: the common, all-finite case reads the data once.
+/// only flagged. Only when a NaN or an infinity shows up is the slice scanned again, by
+/// [`scan_range_exact`], to count them and keep them out of the range: the common,
+/// all-finite case reads the data once.
 pub fn scan_range(values: &[f32]) -> Range {
     let mut mins = [f32::INFINITY; LANES];
     let mut maxs = [f32::NEG_INFINITY; LANES];

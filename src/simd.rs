@@ -4,8 +4,9 @@
 //! the loops further on the machine that runs them:
 //! - [`vectorized!`] compiles the functions it wraps (in [`crate::quant`] and
 //!   [`crate::equalize`]) again for AVX2 and AVX-512, and the first call picks the widest the
-//!   CPU has (`multiversion`'s runtime detection, then one indirect call). The quantizing and
-//!   rescaling loops vectorise well this way.
+//!   CPU has (`multiversion`'s runtime detection, then one indirect call; its AVX-512
+//!   version also asks for Ice Lake's extensions, so older parts, which slow down under
+//!   AVX-512, run AVX2). The quantizing and rescaling loops vectorise well this way.
 //! - The min/max scans do not: the compiler turns their compare-and-select lanes into
 //!   shuffles of masks, slower on AVX-512 than on SSE2. They are written here once more with
 //!   AVX2 intrinsics ([`lanes16`], [`row_extremes`], [`column_extremes16`]), and otherwise

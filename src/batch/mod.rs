@@ -11,8 +11,9 @@
 //! scans, quantization) run on rayon's global pool, shared by all workers: those loops use
 //! one thread per core whatever `jobs` is, and a large model left alone at the end of a
 //! batch still gets every core. A small model with enough others left to fill the cores
-//! runs on its worker's own single thread instead ([`ALONE_BELOW`]). A worker holds only the model it works on, mapped and
-//! streamed to its output, so memory grows with the models in flight, not with the batch.
+//! runs on its worker's own single thread instead ([`ALONE_BELOW`]). A worker holds only
+//! the model it works on, mapped and streamed to its output, so memory grows with the
+//! models in flight, not with the batch.
 //!
 //! Once the cancel token of the options ([`crate::FileOptions::cancel`]) is cancelled, no
 //! file is started; the writes in progress stop at their next block and remove their
