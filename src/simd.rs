@@ -39,29 +39,31 @@ fn avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
 }
 
+/// Runs the AVX2 kernel `x86::$f` when the CPU has AVX2, else the portable loop of the
+/// same name, with the same arguments.
+macro_rules! avx2_or_portable {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the CPU has AVX2, checked just above.
+            #[allow(unsafe_code)]
+            return unsafe { x86::$f($($arg),*) };
+        }
+        portable::$f($($arg),*)
+    }};
+}
+
 /// Per lane `i` of 16: the min and max of `mins[i]`/`maxs[i]` and of `values[i + 16k]`
 /// (`x < m ? x : m`, so a NaN never becomes a bound), over whole groups of 16 values (a
 /// remainder is left to the caller). Returns whether any of them was NaN.
 pub(crate) fn lanes16(values: &[f32], mins: &mut [f32; 16], maxs: &mut [f32; 16]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        #[allow(unsafe_code)]
-        return unsafe { x86::lanes16(values, mins, maxs) };
-    }
-    portable::lanes16(values, mins, maxs)
+    avx2_or_portable!(lanes16(values, mins, maxs))
 }
 
 /// `mins[j]`/`maxs[j]` take `values[j]` in (as [`lanes16`] does) for every `j` of the
 /// shortest of the three. Returns whether any value was NaN or infinite.
 pub(crate) fn row_extremes(mins: &mut [f32], maxs: &mut [f32], values: &[f32]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        #[allow(unsafe_code)]
-        return unsafe { x86::row_extremes(mins, maxs, values) };
-    }
-    portable::row_extremes(mins, maxs, values)
+    avx2_or_portable!(row_extremes(mins, maxs, values))
 }
 
 /// [`row_extremes`] of the 16 channels `t..t + 16` of every row of `n` channels in `rows`
@@ -74,13 +76,7 @@ pub(crate) fn column_extremes16(
     mins: &mut [f32; 16],
     maxs: &mut [f32; 16],
 ) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        #[allow(unsafe_code)]
-        return unsafe { x86::column_extremes16(rows, n, t, mins, maxs) };
-    }
-    portable::column_extremes16(rows, n, t, mins, maxs)
+    avx2_or_portable!(column_extremes16(rows, n, t, mins, maxs))
 }
 
 /// The loops every target runs without the kernels of [`x86`] (and the reference the tests
@@ -152,6 +148,41 @@ mod x86 {
         to[..8].copy_from_slice(&a);
     }
 
+    /// The extremes of 16 lanes, two registers each, as the portable loops keep them in
+    /// arrays of 16.
+    struct Lanes16 {
+        lo: [__m256; 2],
+        hi: [__m256; 2],
+    }
+
+    impl Lanes16 {
+        #[target_feature(enable = "avx2")]
+        fn load(mins: &[f32; 16], maxs: &[f32; 16]) -> Lanes16 {
+            Lanes16 {
+                lo: [load(&mins[..8]), load(&mins[8..])],
+                hi: [load(&maxs[..8]), load(&maxs[8..])],
+            }
+        }
+
+        /// Takes 16 values in, lane `i` value `i`, and returns them as loaded.
+        #[target_feature(enable = "avx2")]
+        fn take(&mut self, vs: &[f32]) -> (__m256, __m256) {
+            let (a, b) = (load(&vs[..8]), load(&vs[8..]));
+            // minps(x, m) is `x < m ? x : m`, maxps(x, m) is `x > m ? x : m`.
+            self.lo = [_mm256_min_ps(a, self.lo[0]), _mm256_min_ps(b, self.lo[1])];
+            self.hi = [_mm256_max_ps(a, self.hi[0]), _mm256_max_ps(b, self.hi[1])];
+            (a, b)
+        }
+
+        #[target_feature(enable = "avx2")]
+        fn store(self, mins: &mut [f32; 16], maxs: &mut [f32; 16]) {
+            store(self.lo[0], &mut mins[..8]);
+            store(self.lo[1], &mut mins[8..]);
+            store(self.hi[0], &mut maxs[..8]);
+            store(self.hi[1], &mut maxs[8..]);
+        }
+    }
+
     /// All ones in the lanes that are NaN or infinite: `!(|v| < inf)`.
     #[target_feature(enable = "avx2")]
     fn not_finite(v: __m256) -> __m256 {
@@ -161,23 +192,14 @@ mod x86 {
 
     #[target_feature(enable = "avx2")]
     pub(super) fn lanes16(values: &[f32], mins: &mut [f32; 16], maxs: &mut [f32; 16]) -> bool {
-        let (mut lo0, mut lo1) = (load(&mins[..8]), load(&mins[8..]));
-        let (mut hi0, mut hi1) = (load(&maxs[..8]), load(&maxs[8..]));
+        let mut lanes = Lanes16::load(mins, maxs);
         let (mut nan0, mut nan1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for c in values.chunks_exact(16) {
-            let (a, b) = (load(&c[..8]), load(&c[8..]));
-            // minps(x, m) is `x < m ? x : m`, maxps(x, m) is `x > m ? x : m`.
-            lo0 = _mm256_min_ps(a, lo0);
-            lo1 = _mm256_min_ps(b, lo1);
-            hi0 = _mm256_max_ps(a, hi0);
-            hi1 = _mm256_max_ps(b, hi1);
+            let (a, b) = lanes.take(c);
             nan0 = _mm256_or_ps(nan0, _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a));
             nan1 = _mm256_or_ps(nan1, _mm256_cmp_ps::<_CMP_UNORD_Q>(b, b));
         }
-        store(lo0, &mut mins[..8]);
-        store(lo1, &mut mins[8..]);
-        store(hi0, &mut maxs[..8]);
-        store(hi1, &mut maxs[8..]);
+        lanes.store(mins, maxs);
         _mm256_movemask_ps(_mm256_or_ps(nan0, nan1)) != 0
     }
 
@@ -208,22 +230,13 @@ mod x86 {
         mins: &mut [f32; 16],
         maxs: &mut [f32; 16],
     ) -> bool {
-        let (mut lo0, mut lo1) = (load(&mins[..8]), load(&mins[8..]));
-        let (mut hi0, mut hi1) = (load(&maxs[..8]), load(&maxs[8..]));
+        let mut lanes = Lanes16::load(mins, maxs);
         let mut bad = _mm256_setzero_ps();
         for row in rows.chunks_exact(n) {
-            let vs = &row[t..t + 16];
-            let (a, b) = (load(&vs[..8]), load(&vs[8..]));
-            lo0 = _mm256_min_ps(a, lo0);
-            lo1 = _mm256_min_ps(b, lo1);
-            hi0 = _mm256_max_ps(a, hi0);
-            hi1 = _mm256_max_ps(b, hi1);
+            let (a, b) = lanes.take(&row[t..t + 16]);
             bad = _mm256_or_ps(bad, _mm256_or_ps(not_finite(a), not_finite(b)));
         }
-        store(lo0, &mut mins[..8]);
-        store(lo1, &mut mins[8..]);
-        store(hi0, &mut maxs[..8]);
-        store(hi1, &mut maxs[8..]);
+        lanes.store(mins, maxs);
         _mm256_movemask_ps(bad) != 0
     }
 }

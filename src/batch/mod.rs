@@ -383,14 +383,14 @@ pub fn run(
     let mut queue: Vec<usize> = (0..files.len()).filter(|&i| wanted(&files[i])).collect();
     // Largest first: the batch then ends soon after its largest model.
     queue.sort_by(|&a, &b| files[b].bytes.cmp(&files[a].bytes).then(a.cmp(&b)));
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let jobs = match opts.jobs {
         // Two per core: a job waiting for its output to reach the disk (`fsync`, a few ms
         // per model) leaves its core to another instead of idle (100 small models: 0.34 s
         // with one per core, 0.27 s with two; more gave nothing).
-        0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
+        0 => 2 * cores,
         n => n,
     };
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
 
     observer.planned(queue.len(), queue.iter().map(|&i| files[i].bytes).sum());
     let mut reports: Vec<Option<FileReport>> = vec![None; files.len()];
