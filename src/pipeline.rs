@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::cancel::Cancel;
 use crate::error::{Error, ModelError, Result};
-use crate::io::{Mapped, map_input, same_file, write_atomic};
+use crate::io::{Mapped, Unnamed, map_input, same_file, write_unnamed};
 use crate::model::Model;
 use crate::plan::Options;
 use crate::report::{Report, ReportOptions, against, report};
@@ -73,6 +73,20 @@ impl ModelFile {
 /// names the input (also through a link) is refused unless `opts.in_place`.
 pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<Summary> {
     let start = Instant::now();
+    let (mut summary, written) = quantize_unnamed(input, output, opts)?;
+    written.commit()?;
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// [`quantize_file`] but for the output's commit, which is the caller's (a batch commits
+/// several at once, [`crate::io::commit_all`]). The summary's time is that of the writing.
+pub(crate) fn quantize_unnamed(
+    input: &Path,
+    output: &Path,
+    opts: &FileOptions,
+) -> Result<(Summary, Unnamed)> {
+    let start = Instant::now();
     let data = ModelFile::open(input)?;
     if same_file(input, output) && !opts.in_place {
         return Err(Error::SameFile {
@@ -80,7 +94,7 @@ pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<
         });
     }
     let permissions = std::fs::metadata(input).ok().map(|m| m.permissions());
-    let mut summary = write_atomic(output, permissions, &opts.cancel, |w| {
+    let (mut summary, written) = write_unnamed(output, permissions, &opts.cancel, |w| {
         let summary = crate::quantize_to(data.bytes(), &opts.quant, w).map_err(|e| match e {
             Error::Invalid(source) => Error::model(input, source),
             Error::Write(source) => Error::io(output, "write", source),
@@ -93,7 +107,7 @@ pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<
         Ok(summary)
     })?;
     summary.seconds = start.elapsed().as_secs_f64();
-    Ok(summary)
+    Ok((summary, written))
 }
 
 /// What quantizing the model at `path` with `opts` would do, without writing anything: the
