@@ -54,20 +54,11 @@ impl<W: Write> Write for Stoppable<'_, W> {
 /// as they are written (Linux `sync_file_range`, which only starts the writeback and does not
 /// wait), so that the `fsync` before the rename has only the last of it left to wait for: it
 /// took 89 ms after a 256 MiB output otherwise. Elsewhere it writes only.
-///
-/// Starting the writeback is work too: the request allocates the blocks and submits the
-/// pages before it returns (about a third of a millisecond per MiB here). A thread of its
-/// own makes the requests, so that the thread writing goes on with the next block meanwhile;
-/// writing was what the encoding waited for (a 180 MiB model: `docs/bench.md`). Dropping the
-/// writer waits for the last request.
 struct Writeback<'a> {
     file: &'a mut File,
     /// Bytes written, and the end of what was last handed to the kernel.
     written: u64,
     started: u64,
-    /// The requesting thread, made at the first request.
-    #[cfg(target_os = "linux")]
-    starter: Option<Starter>,
 }
 
 impl<'a> Writeback<'a> {
@@ -76,8 +67,6 @@ impl<'a> Writeback<'a> {
             file,
             written: 0,
             started: 0,
-            #[cfg(target_os = "linux")]
-            starter: None,
         }
     }
 }
@@ -93,9 +82,9 @@ impl Write for Writeback<'_> {
         if self.written - self.started >= WRITEBACK_STEP {
             #[cfg(target_os = "linux")]
             {
+                use std::os::fd::AsRawFd;
                 let range = (self.started as i64, (self.written - self.started) as i64);
-                let starter = self.starter.get_or_insert_with(|| Starter::new(self.file));
-                starter.start(range);
+                sync_range(self.file.as_raw_fd(), range, libc::SYNC_FILE_RANGE_WRITE);
             }
             self.started = self.written;
         }
@@ -104,68 +93,6 @@ impl Write for Writeback<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
     }
-}
-
-/// The thread that asks for the writeback of the ranges it is sent, on its own descriptor
-/// of the file; it ends when the sender goes. Where no thread or descriptor can be had, the
-/// requests are made by the caller.
-#[cfg(target_os = "linux")]
-enum Starter {
-    Thread(
-        Option<std::sync::mpsc::Sender<(i64, i64)>>,
-        Option<std::thread::JoinHandle<()>>,
-    ),
-    Inline(std::os::fd::RawFd),
-}
-
-#[cfg(target_os = "linux")]
-impl Starter {
-    fn new(file: &File) -> Starter {
-        use std::os::fd::AsRawFd;
-        let inline = Starter::Inline(file.as_raw_fd());
-        let Ok(own) = file.try_clone() else {
-            return inline;
-        };
-        let (tx, rx) = std::sync::mpsc::channel::<(i64, i64)>();
-        let thread = std::thread::Builder::new()
-            .name("tflq-writeback".into())
-            .spawn(move || {
-                for range in rx {
-                    start_writeback(own.as_raw_fd(), range);
-                }
-            });
-        match thread {
-            Ok(t) => Starter::Thread(Some(tx), Some(t)),
-            Err(_) => inline,
-        }
-    }
-
-    fn start(&mut self, range: (i64, i64)) {
-        match self {
-            // A send fails only if the thread is gone (it cannot panic): then inline.
-            Starter::Thread(Some(tx), _) if tx.send(range).is_ok() => {}
-            Starter::Thread(..) => {}
-            Starter::Inline(fd) => start_writeback(*fd, range),
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for Starter {
-    fn drop(&mut self) {
-        if let Starter::Thread(tx, thread) = self {
-            drop(tx.take());
-            if let Some(t) = thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-/// Asks the kernel to start writing `(offset, length)` of the file `fd` to disk.
-#[cfg(target_os = "linux")]
-fn start_writeback(fd: std::os::fd::RawFd, range: (i64, i64)) {
-    sync_range(fd, range, libc::SYNC_FILE_RANGE_WRITE);
 }
 
 /// `sync_file_range` of `(offset, length)` of the file `fd` (length 0: to its end).
@@ -387,7 +314,6 @@ pub fn write_unnamed<T>(
     };
     let mut tmp =
         Temp::create(&dir).map_err(|e| Error::io(path, "create the output in its folder", e))?;
-    // The writer (and with it the writeback thread) is gone once `write` returns.
     let value = write(&mut Stoppable(Writeback::new(tmp.file()), cancel))?;
     if let Some(p) = permissions {
         tmp.file()
@@ -437,7 +363,7 @@ impl Unnamed {
 /// the data of all of them goes to disk first, then the first `fsync` commits the file
 /// system's journal for every one and the others find nothing left to wait for. One
 /// `fsync` after another would wait for a journal commit each (100 outputs of 1 MiB here:
-/// 0.10-0.2 s one by one, 0.08 s together). The results are in the order of `outputs`.
+/// 0.10-0.22 s one by one, 0.08-0.10 s together). The results are in the order of `outputs`.
 pub fn commit_all(outputs: Vec<Unnamed>) -> Vec<Result<()>> {
     #[cfg(target_os = "linux")]
     {
@@ -631,13 +557,6 @@ mod tests {
             "a request per step: {}",
             w.started
         );
-        #[cfg(target_os = "linux")]
-        assert!(
-            matches!(w.starter, Some(Starter::Thread(..))),
-            "the requests were made on a thread of their own"
-        );
-        // Waits for the last request; the file is then still whole.
-        drop(w);
         drop(file);
         assert!(std::fs::read(&path).unwrap() == want);
     }

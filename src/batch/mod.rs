@@ -9,13 +9,13 @@
 //! (`quantize_file` up to the commit of its output) and send the result back over a
 //! channel; the calling thread collects the results and tells the [`Observer`]. Outputs of
 //! small models are committed (made durable, then named) in groups ([`GROUPED_BELOW`]), and
-//! each file is reported once its output has its name. The data-parallel loops inside one model (range
-//! scans, quantization) run on rayon's global pool, shared by all workers: those loops use
-//! one thread per core whatever `jobs` is, and a large model left alone at the end of a
-//! batch still gets every core. A small model with enough others left to fill the cores
-//! runs on its worker's own single thread instead ([`ALONE_BELOW`]). A worker holds only
-//! the model it works on, mapped and streamed to its output, so memory grows with the
-//! models in flight, not with the batch.
+//! each file is reported once its output has its name. The data-parallel loops inside one
+//! model (range scans, quantization) run on rayon's global pool, shared by all workers:
+//! those loops use one thread per core whatever `jobs` is, and a large model left alone at
+//! the end of a batch still gets every core. A small model with enough others left to fill
+//! the cores runs on its worker's own single thread instead ([`ALONE_BELOW`]). A worker
+//! holds only the model it works on, mapped and streamed to its output, so memory grows
+//! with the models in flight, not with the batch.
 //!
 //! Once the cancel token of the options ([`crate::FileOptions::cancel`]) is cancelled, no
 //! file is started; the writes in progress stop at their next block and remove their
@@ -474,9 +474,9 @@ pub fn run(
 const ALONE_BELOW: u64 = 64 << 20;
 
 /// Outputs of models smaller than this are committed in groups of [`GROUP`]: making each
-/// durable on its own waits for a journal commit of the file system per file (100 models of
-/// 4.4 MiB: 0.20 s one by one, 0.15 s in groups, `docs/bench.md`). Larger outputs, whose
-/// own writing dwarfs that wait, are committed at once.
+/// durable on its own waits for a journal commit of the file system per file (100 models
+/// of 4.4 MiB: 0.17-0.20 s one by one, 0.15-0.17 s in groups, `docs/bench.md`). Larger
+/// outputs, whose own writing dwarfs that wait, are committed at once.
 const GROUPED_BELOW: u64 = 64 << 20;
 
 /// Outputs committed at once, at most: they appear in groups of this many, and that many
