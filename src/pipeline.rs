@@ -80,13 +80,13 @@ pub fn quantize_file(input: &Path, output: &Path, opts: &FileOptions) -> Result<
 }
 
 /// [`quantize_file`] but for the output's commit, which is the caller's (a batch commits
-/// several at once, [`crate::io::commit_all`]). The summary's time is that of the writing.
+/// several at once, [`crate::io::commit_all`]). The summary's time is left unmeasured (0):
+/// the caller times what it counts.
 pub(crate) fn quantize_unnamed(
     input: &Path,
     output: &Path,
     opts: &FileOptions,
 ) -> Result<(Summary, Unnamed)> {
-    let start = Instant::now();
     let data = ModelFile::open(input)?;
     if same_file(input, output) && !opts.in_place {
         return Err(Error::SameFile {
@@ -94,7 +94,7 @@ pub(crate) fn quantize_unnamed(
         });
     }
     let permissions = std::fs::metadata(input).ok().map(|m| m.permissions());
-    let (mut summary, written) = write_unnamed(output, permissions, &opts.cancel, |w| {
+    let (summary, written) = write_unnamed(output, permissions, &opts.cancel, |w| {
         let summary = crate::quantize_to(data.bytes(), &opts.quant, w).map_err(|e| match e {
             Error::Invalid(source) => Error::model(input, source),
             Error::Write(source) => Error::io(output, "write", source),
@@ -106,7 +106,6 @@ pub(crate) fn quantize_unnamed(
         rayon::spawn(move || data.release());
         Ok(summary)
     })?;
-    summary.seconds = start.elapsed().as_secs_f64();
     Ok((summary, written))
 }
 

@@ -473,15 +473,10 @@ crate::simd::vectorized! {
         out: &mut [i8],
         recon: &mut [f32; RUN],
     ) -> ErrorStats {
-        let step = Stepper::new(p);
         let mut total = ErrorStats::default();
         for (xs, qs) in values.chunks(RUN).zip(out.chunks_mut(RUN)) {
             let ys = &mut recon[..xs.len().min(qs.len())];
-            for ((o, y), &x) in qs.iter_mut().zip(ys.iter_mut()).zip(xs) {
-                let k = step.step(x);
-                *o = (k + p.zero_point) as i8;
-                *y = p.scale * k as f32;
-            }
+            recon_into(xs, p, qs, ys);
             total = total.merge(sums(xs, ys));
         }
         total
@@ -493,12 +488,19 @@ crate::simd::vectorized! {
     /// length), for callers that measure many short runs at once with [`sums`].
     #[inline]
     pub(crate) fn quantize_recon(values: &[f32], p: QuantParams, out: &mut [i8], recon: &mut [f32]) {
-        let step = Stepper::new(p);
-        for ((o, y), &x) in out.iter_mut().zip(recon.iter_mut()).zip(values) {
-            let k = step.step(x);
-            *o = (k + p.zero_point) as i8;
-            *y = p.scale * k as f32;
-        }
+        recon_into(values, p, out, recon);
+    }
+}
+
+/// The loop of [`quantize_recon`] and [`quantize_measured`], inlined into each so that it is
+/// compiled with the features of each of their versions.
+#[inline(always)]
+fn recon_into(values: &[f32], p: QuantParams, out: &mut [i8], recon: &mut [f32]) {
+    let step = Stepper::new(p);
+    for ((o, y), &x) in out.iter_mut().zip(recon.iter_mut()).zip(values) {
+        let k = step.step(x);
+        *o = (k + p.zero_point) as i8;
+        *y = p.scale * k as f32;
     }
 }
 

@@ -513,9 +513,10 @@ fn commit(done: Vec<Written>, cancel: &crate::Cancel, tx: &mpsc::Sender<Event>) 
     if done.is_empty() {
         return;
     }
-    let (files, outputs): (Vec<_>, Vec<_>) = done.into_iter().map(|(i, r, w)| ((i, r), w)).unzip();
+    let (reports, outputs): (Vec<_>, Vec<_>) =
+        done.into_iter().map(|(i, r, w)| ((i, r), w)).unzip();
     let results = crate::io::commit_all(outputs);
-    for ((i, report), result) in files.into_iter().zip(results) {
+    for ((i, report), result) in reports.into_iter().zip(results) {
         let report = match result {
             Ok(()) => report,
             Err(e) => FileReport {
