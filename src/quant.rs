@@ -221,23 +221,25 @@ pub fn block_scale(amax: f32, bits: u32) -> Option<f32> {
     (s <= 65504.0).then_some(s)
 }
 
-/// Rounds half away from zero, exactly like `f32::round`, for |v| < 2^22.
+/// Rounds half away from zero, exactly like `f32::round`, for |v| <= 2^22 (not NaN).
 ///
 /// `f32::round` calls into libm, and a float-to-int `as` cast saturates (and maps NaN to 0),
-/// which SSE2 cannot do for four lanes at once: both keep the loop scalar. Instead, on |v|:
-/// adding 1.5 * 2^23 rounds to the nearest integer, ties to even, and leaves that integer in
-/// the low bits of the sum (every step is exact); a tie (`|v| - rounded` is exactly 0.5)
-/// went down to even and moves up one; the sign of `v` is then put back.
+/// which takes a compare and two blends per vector: both keep the loop slow. Instead: adding
+/// the float just below one half, with the sign of `v`, carries `v` past the next integer
+/// exactly when `v` is at least halfway there (a tie included: its sum rounds up to the
+/// integer), so truncating the sum rounds half away. Adding one half instead would carry
+/// 0.49999997 to 1. The truncation is one instruction per vector because the value is known
+/// to fit, which is the caller's promise ([`Stepper::step`] clamps first).
+///
+/// # Safety
+/// `v` is not NaN and |v| <= 2^22.
 #[inline(always)]
-fn round_half_away(v: f32) -> i32 {
-    const MAGIC: f32 = 12_582_912.0;
-    let a = v.abs();
-    let w = a + MAGIC;
-    let rounded = w - MAGIC;
-    let k = w.to_bits() as i32 - MAGIC.to_bits() as i32 + i32::from(a - rounded == 0.5);
-    // All ones for a negative `v`, else zero: (k ^ s) - s is then -k or k.
-    let s = (v.to_bits() as i32) >> 31;
-    (k ^ s) - s
+#[allow(unsafe_code)]
+unsafe fn round_half_away(v: f32) -> i32 {
+    const BELOW_HALF: f32 = 0.499_999_97;
+    let half = f32::from_bits((v.to_bits() & 0x8000_0000) | BELOW_HALF.to_bits());
+    // SAFETY: |v + half| < 2^22 + 1, far inside i32, and not NaN: the caller's promise.
+    unsafe { (v + half).to_int_unchecked::<i32>() }
 }
 
 crate::simd::vectorized! {
@@ -262,10 +264,18 @@ struct Stepper {
 
 impl Stepper {
     fn new(p: QuantParams) -> Stepper {
+        // Bounded so that every clamped step is one `round_half_away` takes (codes are at
+        // most 16 bits wide; the bound only matters for nonsensical parameters).
+        const BOUND: f32 = (1 << 22) as f32;
+        let bound = |q: i32| {
+            ((q as f32) - p.zero_point as f32)
+                .clamp(-BOUND, BOUND)
+                .round()
+        };
         Stepper {
             scale: p.scale,
-            lo: (p.qmin - p.zero_point) as f32,
-            hi: (p.qmax - p.zero_point) as f32,
+            lo: bound(p.qmin),
+            hi: bound(p.qmax),
         }
     }
 
@@ -276,7 +286,11 @@ impl Stepper {
         let v = x / self.scale;
         let v = if v > self.lo { v } else { self.lo };
         let v = if v < self.hi { v } else { self.hi };
-        round_half_away(v)
+        // SAFETY: `v` lies in [lo, hi], within 2^22 of zero, so it is not NaN either.
+        #[allow(unsafe_code)]
+        unsafe {
+            round_half_away(v)
+        }
     }
 }
 
@@ -672,16 +686,28 @@ mod tests {
         ((x / p.scale).round() as i32 + p.zero_point).clamp(-128, 127) as i8
     }
 
+    /// [`round_half_away`] where its promise is checked first.
+    fn rounded(v: f32) -> i32 {
+        assert!(v.abs() <= (1 << 22) as f32, "outside the domain: {v:e}");
+        #[allow(unsafe_code)]
+        // SAFETY: checked just above (and a NaN fails it).
+        unsafe {
+            round_half_away(v)
+        }
+    }
+
     #[test]
     fn fast_rounding_matches_f32_round_at_halves_and_neighbours() {
-        for k in -300..=300 {
+        // Every half in the kernels' range, and the last ones of the domain (spacing 0.25).
+        let top = (1 << 22) - 2;
+        for k in (-300..=300).chain([top - 1, top, -top - 1, -top]) {
             let base = k as f32 + 0.5;
             let mut v = base;
             for _ in 0..4 {
                 v = f32::from_bits(v.to_bits() - 1);
             }
             for _ in 0..9 {
-                assert_eq!(round_half_away(v), v.round() as i32, "v = {v:e}");
+                assert_eq!(rounded(v), v.round() as i32, "v = {v:e}");
                 v = f32::from_bits(v.to_bits() + 1);
             }
         }
@@ -694,8 +720,10 @@ mod tests {
             -0.5,
             1e-30,
             -1e-30,
+            (1 << 22) as f32,
+            -((1 << 22) as f32),
         ] {
-            assert_eq!(round_half_away(v), v.round() as i32, "v = {v:e}");
+            assert_eq!(rounded(v), v.round() as i32, "v = {v:e}");
         }
     }
 
@@ -705,7 +733,7 @@ mod tests {
         let top = 300f32.to_bits();
         for bits in (0..=top).step_by(1009) {
             for v in [f32::from_bits(bits), -f32::from_bits(bits)] {
-                assert_eq!(round_half_away(v), v.round() as i32, "v = {v:e}");
+                assert_eq!(rounded(v), v.round() as i32, "v = {v:e}");
             }
         }
     }
