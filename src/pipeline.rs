@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::cancel::Cancel;
 use crate::error::{Error, ModelError, Result};
-use crate::io::{Mapped, Unnamed, map_input, same_file, write_unnamed};
+use crate::io::{Durability, Mapped, Unnamed, map_input, same_file, write_unnamed};
 use crate::model::Model;
 use crate::plan::Options;
 use crate::report::{Report, ReportOptions, against, report};
@@ -28,6 +28,9 @@ pub struct FileOptions {
     /// Stops the write in progress (no partial output is left) and, in a batch, the files
     /// not yet started.
     pub cancel: Cancel,
+    /// Whether each output is on disk before it gets its name (the default) or named as
+    /// soon as it is complete, without waiting for the disk.
+    pub durability: Durability,
 }
 
 /// A model file opened for reading: its bytes, and the check that it did not change since.
@@ -94,18 +97,20 @@ pub(crate) fn quantize_unnamed(
         });
     }
     let permissions = std::fs::metadata(input).ok().map(|m| m.permissions());
-    let (summary, written) = write_unnamed(output, permissions, &opts.cancel, |w| {
-        let summary = crate::quantize_to(data.bytes(), &opts.quant, w).map_err(|e| match e {
-            Error::Invalid(source) => Error::model(input, source),
-            Error::Write(source) => Error::io(output, "write", source),
-            other => other,
+    let (summary, written) =
+        write_unnamed(output, permissions, &opts.cancel, opts.durability, |w| {
+            let summary =
+                crate::quantize_to(data.bytes(), &opts.quant, w).map_err(|e| match e {
+                    Error::Invalid(source) => Error::model(input, source),
+                    Error::Write(source) => Error::io(output, "write", source),
+                    other => other,
+                })?;
+            // Before the output gets its name: not from an input that changed meanwhile.
+            data.check_unchanged()?;
+            // The input is no longer needed: its map goes while the output is made durable.
+            rayon::spawn(move || data.release());
+            Ok(summary)
         })?;
-        // Before the output gets its name: not from an input that changed meanwhile.
-        data.check_unchanged()?;
-        // The input is no longer needed: its map goes while the output is made durable.
-        rayon::spawn(move || data.release());
-        Ok(summary)
-    })?;
     Ok((summary, written))
 }
 

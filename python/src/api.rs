@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use tflq::batch::{BatchOptions, FileReport, Found, Observer, Shard};
+use tflq::io::Durability;
 use tflq::report::format::{Format, FormatOptions};
 use tflq::{Cancel, FileOptions, Options, ReportOptions};
 
@@ -180,12 +181,14 @@ pub fn quantize_file(
     output: &Path,
     quant: &QuantArgs,
     in_place: bool,
+    fsync: bool,
     cancel: &Cancel,
 ) -> Res<String> {
     let opts = FileOptions {
         quant: options(quant)?,
         in_place,
         cancel: cancel.clone(),
+        durability: durability(fsync),
     };
     let summary = tflq::quantize_file(input, output, &opts)?;
     Ok(json(&JsonSummary {
@@ -203,10 +206,20 @@ pub fn quantize_bytes(data: &[u8], quant: &QuantArgs, stop: &Cancel) -> Res<(Vec
     Ok((bytes, json(&summary)))
 }
 
+/// `fsync=True` (the default) or `--no-fsync`.
+fn durability(fsync: bool) -> Durability {
+    if fsync {
+        Durability::Synced
+    } else {
+        Durability::Unsynced
+    }
+}
+
 /// Options of a batch besides the quantization ones.
 pub struct BatchArgs {
     pub jobs: usize,
     pub in_place: bool,
+    pub fsync: bool,
     pub skip_existing: bool,
     pub dry_run: bool,
     pub copy_others: bool,
@@ -267,6 +280,7 @@ pub fn quantize_dir(
             quant: options(quant)?,
             in_place: batch.in_place,
             cancel: cancel.clone(),
+            durability: durability(batch.fsync),
         },
         jobs: batch.jobs,
         skip_existing: batch.skip_existing,

@@ -126,11 +126,12 @@ fn quantize_file(
     output: PathBuf,
     options: &Bound<'_, PyDict>,
     in_place: bool,
+    fsync: bool,
 ) -> PyResult<String> {
     let quant = quant_args(options)?;
     interruptible(
         py,
-        |stop, _| api::quantize_file(&input, &output, &quant, in_place, stop),
+        |stop, _| api::quantize_file(&input, &output, &quant, in_place, fsync, stop),
         |_| Ok(()),
     )?
     .map_err(|f| raise(py, f))
@@ -157,7 +158,7 @@ fn quantize_bytes<'py>(
 /// Quantizes every model under `inputs` into `output`; returns the JSON lines of the batch.
 /// `progress(done, total, path, status, error, warnings)` is called as each file finishes.
 #[pyfunction]
-#[pyo3(signature = (inputs, output, options, jobs, in_place, skip_existing, dry_run, copy_others, shard, progress))]
+#[pyo3(signature = (inputs, output, options, jobs, in_place, fsync, skip_existing, dry_run, copy_others, shard, progress))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_dir(
     py: Python<'_>,
@@ -166,6 +167,7 @@ fn quantize_dir(
     options: &Bound<'_, PyDict>,
     jobs: usize,
     in_place: bool,
+    fsync: bool,
     skip_existing: bool,
     dry_run: bool,
     copy_others: bool,
@@ -176,6 +178,7 @@ fn quantize_dir(
     let batch = api::BatchArgs {
         jobs,
         in_place,
+        fsync,
         skip_existing,
         dry_run,
         copy_others,

@@ -113,6 +113,25 @@ def test_quantize_dir_matches_the_command(tmp_path):
         tflq.quantize_dir(fixtures, fixtures, progress=False)
 
 
+def test_fsync_false_matches_no_fsync(tmp_path):
+    """``fsync=False`` is ``--no-fsync``: the same outputs, summaries and batch lines."""
+    fixtures = Path(__file__).resolve().parents[2] / "fixtures"
+    model = fixtures / "mlp.tflite"
+    r = tflq_bin("quantize", model, "-o", tmp_path / "cli.tflite", "--json", "--no-fsync")
+    s = tflq.quantize(model, tmp_path / "api.tflite", fsync=False)
+    assert (tmp_path / "api.tflite").read_bytes() == (tmp_path / "cli.tflite").read_bytes()
+    cli = drop_seconds({k: v for k, v in json.loads(r.stdout).items() if k != "output"})
+    assert drop_seconds({k: v for k, v in s.to_dict().items() if k != "output"}) == cli
+    res = tflq.quantize_dir(fixtures, tmp_path / "batch", progress=False, fsync=False)
+    synced = tflq.quantize_dir(fixtures, tmp_path / "synced", progress=False)
+    assert sorted(p.relative_to(tmp_path / "batch") for p in (tmp_path / "batch").rglob("*")) == sorted(
+        p.relative_to(tmp_path / "synced") for p in (tmp_path / "synced").rglob("*")
+    )
+    for f in (tmp_path / "synced").rglob("*.tflite"):
+        assert (tmp_path / "batch" / f.relative_to(tmp_path / "synced")).read_bytes() == f.read_bytes()
+    assert res.totals["quantized"] == synced.totals["quantized"] > 0
+
+
 def test_errors(tmp_path):
     fixtures = Path(__file__).resolve().parents[2] / "fixtures"
     missing = tmp_path / "missing.tflite"

@@ -225,12 +225,17 @@ class Summary:
 
 
 @_with_options
-def quantize(input: PathLike, output: PathLike, *, in_place: bool = False, **options: Any) -> Summary:
+def quantize(
+    input: PathLike, output: PathLike, *, in_place: bool = False, fsync: bool = True, **options: Any
+) -> Summary:
     """Quantizes the model file ``input`` into ``output``; returns its :class:`Summary`.
 
     The output is written atomically (complete or not at all, also on Ctrl-C or an error);
     the input is never modified. An ``output`` that names ``input`` (also through a link) is
-    refused with :class:`tflq.SameFileError` unless ``in_place=True``. ``options``: the
+    refused with :class:`tflq.SameFileError` unless ``in_place=True``. The output is on disk
+    before it gets its name; ``fsync=False`` names it as soon as it is complete instead
+    (``--no-fsync``: faster on a slow disk, but a crash of the machine soon after may leave
+    it empty or partial). ``options``: the
     quantization options in the module's docstring (``help(tflq)``): ``min_elements``,
     ``mode``, ``granularity``, ``symmetric``, ``type``/``weight_type``, ``include_ops``,
     ``exclude_ops``, ``exclude_tensors``, ``layout``.
@@ -238,7 +243,9 @@ def quantize(input: PathLike, output: PathLike, *, in_place: bool = False, **opt
     Same as ``tflq quantize INPUT -o OUTPUT [flags] --json``.
     """
     opts = _options("quantize", options)
-    text = _tflq.quantize_file(_path(input, "input"), _path(output, "output"), opts, bool(in_place))
+    text = _tflq.quantize_file(
+        _path(input, "input"), _path(output, "output"), opts, bool(in_place), bool(fsync)
+    )
     return Summary(_json.loads(text))
 
 
@@ -312,6 +319,7 @@ def quantize_dir(
     progress: Union[bool, ProgressCallback] = True,
     *,
     in_place: bool = False,
+    fsync: bool = True,
     skip_existing: bool = False,
     dry_run: bool = False,
     copy_others: bool = False,
@@ -331,6 +339,9 @@ def quantize_dir(
     in_place, skip_existing, dry_run, copy_others, shard :
         As the flags ``--in-place``, ``--skip-existing``, ``--dry-run``, ``--copy-others``,
         ``--shard K/N``.
+    fsync :
+        False: as ``--no-fsync`` (each output named as soon as it is complete, without
+        waiting for the disk), as for :func:`quantize`.
     options :
         The quantization options of :func:`quantize` (``help(tflq)``).
 
@@ -360,6 +371,7 @@ def quantize_dir(
         opts,
         jobs or 0,
         bool(in_place),
+        bool(fsync),
         bool(skip_existing),
         bool(dry_run),
         bool(copy_others),

@@ -6,7 +6,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 _Path = Union[str, PathLike[str]]
 __version__: str
 
-def quantize_file(input: _Path, output: _Path, options: Dict[str, Any], in_place: bool) -> str: ...
+def quantize_file(
+    input: _Path, output: _Path, options: Dict[str, Any], in_place: bool, fsync: bool
+) -> str: ...
 def quantize_bytes(data: bytes, options: Dict[str, Any]) -> Tuple[bytes, str]: ...
 def quantize_dir(
     inputs: List[_Path],
@@ -14,6 +16,7 @@ def quantize_dir(
     options: Dict[str, Any],
     jobs: int,
     in_place: bool,
+    fsync: bool,
     skip_existing: bool,
     dry_run: bool,
     copy_others: bool,

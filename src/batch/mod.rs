@@ -35,7 +35,7 @@ use serde::{Serialize, Serializer};
 pub use discover::{DiscoverOptions, Discovery, Found, Kind, Problem, Shard, ShardError, discover};
 
 use crate::error::Error;
-use crate::io::{same_file, write_atomic};
+use crate::io::{same_file, write_unnamed};
 use crate::pipeline::{FileOptions, quantize_unnamed};
 use crate::summary::Summary;
 use crate::text::{Align, Column, Cut, Table, human, ratio};
@@ -398,6 +398,8 @@ pub fn run(
     let mut reports: Vec<Option<FileReport>> = vec![None; files.len()];
     let next = AtomicUsize::new(0);
     let waiting = Waiting::default();
+    // Groups only share the wait for the disk: without it, each output is named at once.
+    let synced = opts.file.durability == crate::io::Durability::Synced;
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(queue.len()) {
@@ -415,7 +417,9 @@ pub fn run(
                     let alone = queue.len() - k >= cores && files[i].bytes < ALONE_BELOW;
                     let (report, written) = own.run_if(alone, process);
                     let done = match written {
-                        Some(w) if files[i].bytes < GROUPED_BELOW => waiting.add((i, report, w)),
+                        Some(w) if files[i].bytes < GROUPED_BELOW && synced => {
+                            waiting.add((i, report, w))
+                        }
                         Some(w) => vec![(i, report, w)],
                         None => {
                             let _ = tx.send(Event::Finished(i, Box::new(report)));
@@ -665,7 +669,7 @@ fn process(
                     Some(summary)
                 })
             } else {
-                copy_file(&found.path, &output, &opts.file.cancel).map(|()| None)
+                copy_file(&found.path, &output, &opts.file).map(|()| None)
             }
         }) {
             Ok(Some(summary)) => report.done(&summary),
@@ -681,8 +685,9 @@ fn process(
     (report, written)
 }
 
-/// Copies a file that is not a model, atomically, keeping its permissions.
-fn copy_file(input: &Path, output: &Path, cancel: &crate::Cancel) -> crate::Result<()> {
+/// Copies a file that is not a model, atomically, keeping its permissions (and made
+/// durable as the models' outputs are).
+fn copy_file(input: &Path, output: &Path, opts: &FileOptions) -> crate::Result<()> {
     if same_file(input, output) {
         return Err(Error::SameFile {
             path: output.to_owned(),
@@ -690,11 +695,12 @@ fn copy_file(input: &Path, output: &Path, cancel: &crate::Cancel) -> crate::Resu
     }
     let mut file = File::open(input).map_err(|e| Error::io(input, "open", e))?;
     let permissions = file.metadata().ok().map(|m| m.permissions());
-    write_atomic(output, permissions, cancel, |w| {
+    let ((), copied) = write_unnamed(output, permissions, &opts.cancel, opts.durability, |w| {
         std::io::copy(&mut file, w)
             .map(drop)
             .map_err(|e| Error::io(output, "write", e))
-    })
+    })?;
+    copied.commit()
 }
 
 impl Totals {

@@ -4,6 +4,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use crate::batch::{self, BatchOptions, Shard};
+use crate::io::Durability;
 use crate::{Cancel, FileOptions, Summary};
 use anyhow::Result;
 use serde::Serialize;
@@ -44,6 +45,13 @@ pub struct Args {
     /// Allow outputs to replace their inputs; without -o, quantize the inputs in place.
     #[arg(long)]
     in_place: bool,
+    /// Name each output as soon as it is complete instead of once it is on disk: faster
+    /// where the disk is slow (a 48 MiB model on a 460 MB/s disk: 30 ms instead of 48), as
+    /// `cp` is. A failure or kill of tflq still leaves no partial output, but a crash of the
+    /// machine or a power loss soon after may leave a named output that is empty or partial
+    /// (which --skip-existing would then take as done).
+    #[arg(long)]
+    no_fsync: bool,
     /// Print the summary as JSON on stdout (batch: one object per line, then the totals).
     #[arg(long)]
     json: bool,
@@ -98,6 +106,11 @@ pub fn run(args: Args, cancel: &Cancel) -> Result<i32> {
         },
         in_place: args.in_place,
         cancel: cancel.clone(),
+        durability: if args.no_fsync {
+            Durability::Unsynced
+        } else {
+            Durability::Synced
+        },
     };
     let single = match args.inputs.as_slice() {
         [input] => !input.is_dir() && args.shard.is_none(),

@@ -822,3 +822,99 @@ fn report_is_for_one_model_only() {
     assert!(stderr.contains("exactly one input file"), "{stderr}");
     assert!(!dir.path().join("out").exists());
 }
+
+/// Whether `strace` is installed here and may trace a child.
+fn strace_works() -> bool {
+    std::process::Command::new("strace")
+        .args(["-qq", "-o", "/dev/null", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The calls that wait for the disk (`fsync`, `fdatasync`, `sync_file_range`) that
+/// `tflq ARGS` makes, by name, as `strace` records them.
+fn disk_waits(args: &[&std::ffi::OsStr]) -> Vec<String> {
+    let dir = tmp();
+    let log = dir.path().join("strace.log");
+    std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,sync_file_range",
+            "-o",
+        ])
+        .arg(&log)
+        .arg(assert_cmd::cargo::cargo_bin("tflq"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    // Lines are "PID name(args) = result"; a batch's failing model changes only the status.
+    let text = std::fs::read_to_string(&log).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|c| c.split('(').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--no-fsync` writes the same outputs, named at once, without waiting for the disk: the
+/// default makes every output durable first (a single model: `fsync`; a batch's groups:
+/// `sync_file_range`, then `fsync`), `--no-fsync` calls none of them (checked with `strace`
+/// where it is installed and may trace).
+#[test]
+fn no_fsync_writes_the_same_outputs_without_waiting_for_the_disk() {
+    let dir = tmp();
+    let store = store(dir.path());
+    let (synced, unsynced) = (dir.path().join("synced"), dir.path().join("unsynced"));
+    for (out, extra) in [(&synced, &[][..]), (&unsynced, &["--no-fsync"][..])] {
+        tflq()
+            .args(["quantize", "-q", "--copy-others"])
+            .args(extra)
+            .arg(&store)
+            .arg("-o")
+            .arg(out)
+            .assert()
+            .code(1);
+    }
+    assert_eq!(tree(&synced), tree(&unsynced));
+    assert!(tree(&synced).len() >= 7, "{:?}", tree(&synced));
+    for f in tree(&synced) {
+        let (a, b) = (synced.join(&f), unsynced.join(&f));
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "{f}"
+        );
+    }
+    if !strace_works() {
+        eprintln!("strace cannot trace here: the system calls are not checked");
+        return;
+    }
+    let input = fixture("mlp.tflite");
+    let calls = |extra: &[&str], input: &Path, out: &str| {
+        let out = dir.path().join(out);
+        let mut args: Vec<&std::ffi::OsStr> = vec!["quantize".as_ref(), "-q".as_ref()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        args.extend([input.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+        disk_waits(&args)
+    };
+    let single = calls(&[], &input, "a.tflite");
+    assert!(single.iter().any(|c| c == "fsync"), "{single:?}");
+    assert_eq!(
+        calls(&["--no-fsync"], &input, "b.tflite"),
+        Vec::<String>::new()
+    );
+    let a = std::fs::read(dir.path().join("a.tflite")).unwrap();
+    assert!(a == std::fs::read(dir.path().join("b.tflite")).unwrap());
+    let batch = calls(&[], &store, "batch");
+    for call in ["sync_file_range", "fsync"] {
+        assert!(batch.iter().any(|c| c == call), "{call}: {batch:?}");
+    }
+    let unsynced_batch = calls(&["--no-fsync"], &store, "batch-unsynced");
+    assert_eq!(unsynced_batch, Vec::<String>::new());
+    assert_eq!(
+        tree(&dir.path().join("batch-unsynced")),
+        tree(&dir.path().join("batch"))
+    );
+}
