@@ -291,30 +291,24 @@ def main() -> None:
     names = ["mlp-1g", "cnn-200m", "mlp-50m"]
     if args.huge:
         names.append("mlp-9g")
-    for name in names:
+
+    def model_case(name: str, *flags: str) -> Case:
+        """`tflq quantize [flags]` of bench model `name` against `cp` of it."""
         src = os.path.join(data, name + ".tflite")
-        cases.append(
-            Case(
-                f"quantize {name}",
-                src,
-                ("cp", ["cp", src, cp_out]),
-                ("tflq", [tflq, "quantize", "-q", src, "-o", out]),
-                out,
-            )
+        return Case(
+            " ".join(["quantize", name, *flags]),
+            src,
+            ("cp", ["cp", src, cp_out]),
+            ("tflq", [tflq, "quantize", "-q", *flags, src, "-o", out]),
+            out,
         )
+
+    for name in names:
+        cases.append(model_case(name))
 
     if quantize_has(tflq, "--no-equalize"):
         # What the default's cross-layer equalization costs on the largest model.
-        src = os.path.join(data, "mlp-1g.tflite")
-        cases.append(
-            Case(
-                "quantize mlp-1g --no-equalize",
-                src,
-                ("cp", ["cp", src, cp_out]),
-                ("tflq", [tflq, "quantize", "-q", "--no-equalize", src, "-o", out]),
-                out,
-            )
-        )
+        cases.append(model_case("mlp-1g", "--no-equalize"))
 
     small = os.path.join(data, "small")
     out_dir = os.path.join(scratch, "small-q")
@@ -338,16 +332,7 @@ def main() -> None:
         # What making each output durable costs: the same runs, outputs named without waiting
         # for the disk (as cp does). The disk's own rate is printed below the table.
         for name in ["cnn-200m", "mlp-50m"]:
-            src = os.path.join(data, name + ".tflite")
-            cases.append(
-                Case(
-                    f"quantize {name} --no-fsync",
-                    src,
-                    ("cp", ["cp", src, cp_out]),
-                    ("tflq", [tflq, "quantize", "-q", "--no-fsync", src, "-o", out]),
-                    out,
-                )
-            )
+            cases.append(model_case(name, "--no-fsync"))
         cases.append(
             Case("quantize small/ --no-fsync", small, ("cp -r", ["cp", "-r", small, cp_out]),
                  ("tflq", [tflq, "quantize", "-q", "--no-fsync", small, "-o", out_dir]), out_dir,

@@ -304,6 +304,18 @@ pub enum Durability {
     Unsynced,
 }
 
+impl Durability {
+    /// [`Durability::Synced`] when `fsync` (the default), else [`Durability::Unsynced`]
+    /// (`--no-fsync`, Python's `fsync=False`).
+    pub fn from_fsync(fsync: bool) -> Durability {
+        if fsync {
+            Durability::Synced
+        } else {
+            Durability::Unsynced
+        }
+    }
+}
+
 /// [`write_atomic`] up to the output's commit, which is the caller's: the complete output,
 /// not yet durable and without its name. Dropped instead of committed, it vanishes. The
 /// commit makes it durable first or not, as `durability` says.
@@ -403,8 +415,8 @@ pub fn commit_all(mut outputs: Vec<Unnamed>) -> Vec<Result<()>> {
         ];
         // All writeback started first, then waited for: the disk gets the files at once.
         for flag in flags {
-            let synced = outputs.iter_mut().filter_map(|o| o.0.as_mut());
-            for c in synced.filter(|c| c.durability == Durability::Synced) {
+            let outputs = outputs.iter_mut().filter_map(|o| o.0.as_mut());
+            for c in outputs.filter(|c| c.durability == Durability::Synced) {
                 sync_range(c.tmp.file().as_raw_fd(), (0, 0), flag);
             }
         }

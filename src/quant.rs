@@ -264,8 +264,8 @@ struct Stepper {
 
 impl Stepper {
     fn new(p: QuantParams) -> Stepper {
-        // Bounded so that every clamped step is one `round_half_away` takes (codes are at
-        // most 16 bits wide; the bound only matters for nonsensical parameters).
+        // Bounded so that every clamped step is one `round_half_away` takes (int8 and int4
+        // steps lie far inside; the bound only matters for nonsensical parameters).
         const BOUND: f32 = (1 << 22) as f32;
         let bound = |q: i32| {
             ((q as f32) - p.zero_point as f32)

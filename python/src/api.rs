@@ -188,7 +188,7 @@ pub fn quantize_file(
         quant: options(quant)?,
         in_place,
         cancel: cancel.clone(),
-        durability: durability(fsync),
+        durability: Durability::from_fsync(fsync),
     };
     let summary = tflq::quantize_file(input, output, &opts)?;
     Ok(json(&JsonSummary {
@@ -204,15 +204,6 @@ pub fn quantize_bytes(data: &[u8], quant: &QuantArgs, stop: &Cancel) -> Res<(Vec
     let mut bytes = Vec::new();
     let summary = tflq::quantize_to(data, &opts, tflq::io::Stoppable(&mut bytes, stop))?;
     Ok((bytes, json(&summary)))
-}
-
-/// `fsync=True` (the default) or `--no-fsync`.
-fn durability(fsync: bool) -> Durability {
-    if fsync {
-        Durability::Synced
-    } else {
-        Durability::Unsynced
-    }
 }
 
 /// Options of a batch besides the quantization ones.
@@ -280,7 +271,7 @@ pub fn quantize_dir(
             quant: options(quant)?,
             in_place: batch.in_place,
             cancel: cancel.clone(),
-            durability: durability(batch.fsync),
+            durability: Durability::from_fsync(batch.fsync),
         },
         jobs: batch.jobs,
         skip_existing: batch.skip_existing,
