@@ -283,7 +283,7 @@ pub fn write_atomic<T>(
     path: &Path,
     permissions: Option<std::fs::Permissions>,
     cancel: &Cancel,
-    write: impl FnOnce(&mut dyn Write) -> Result<T>,
+    write: impl FnOnce(&mut (dyn Write + Send)) -> Result<T>,
 ) -> Result<T> {
     let (value, output) = write_unnamed(path, permissions, cancel, Durability::Synced, write)?;
     output.commit()?;
@@ -324,7 +324,7 @@ pub fn write_unnamed<T>(
     permissions: Option<std::fs::Permissions>,
     cancel: &Cancel,
     durability: Durability,
-    write: impl FnOnce(&mut dyn Write) -> Result<T>,
+    write: impl FnOnce(&mut (dyn Write + Send)) -> Result<T>,
 ) -> Result<(T, Unnamed)> {
     let target = resolve_output(path)?;
     match std::fs::metadata(&target) {
@@ -430,7 +430,7 @@ fn write_direct<T>(
     path: &Path,
     target: &Path,
     cancel: &Cancel,
-    write: impl FnOnce(&mut dyn Write) -> Result<T>,
+    write: impl FnOnce(&mut (dyn Write + Send)) -> Result<T>,
 ) -> Result<T> {
     use std::os::unix::fs::OpenOptionsExt;
     // Non-blocking open: a FIFO nobody reads fails at once (ENXIO) instead of hanging.

@@ -79,7 +79,9 @@ pub fn quantize(input: &[u8], opts: &Options) -> Result<Output> {
 ///
 /// When no tensor qualifies, the input is written unchanged and
 /// [`Summary::changed`] is false, so running the tool twice gives the same model as once.
-pub fn quantize_to<W: Write>(input: &[u8], opts: &Options, mut out: W) -> Result<Summary> {
+/// `out` is written from a thread of rayon's pool, which encodes between its writes: hence
+/// `Send`.
+pub fn quantize_to<W: Write + Send>(input: &[u8], opts: &Options, mut out: W) -> Result<Summary> {
     let model = Model::parse(input)?;
     let plan = plan::plan(&model, opts);
     if !plan.conflicts().is_empty() {

@@ -91,8 +91,9 @@ struct Block {
 }
 
 /// Writes the model that `plan` describes to `out`. `out` receives the bytes in order; it is
-/// never sought, so a pipe works.
-pub fn write_model<W: Write>(
+/// never sought, so a pipe works. It is written from a thread of the pool (so it must be
+/// `Send`), see [`write_encoded`].
+pub fn write_model<W: Write + Send>(
     plan: &Plan<'_>,
     policy: LayoutPolicy,
     out: W,
@@ -102,7 +103,7 @@ pub fn write_model<W: Write>(
 
 /// [`write_model`] with the size above which data moves after the flatbuffer as a parameter,
 /// so that tests can cross it without writing 2 GiB.
-fn write_model_limited<W: Write>(
+fn write_model_limited<W: Write + Send>(
     plan: &Plan<'_>,
     policy: LayoutPolicy,
     inline_limit: u64,
@@ -123,7 +124,10 @@ fn write_model_limited<W: Write>(
         }
         break (patch(skeleton, &blocks, plan, layout)?, blocks, len);
     };
-    let stats = stream(model, plan, &skeleton, &blocks, layout, out).map_err(Error::Write)?;
+    // On a thread of the pool (`scope` from outside it runs there; inside, in place): the
+    // writer then helps encode between its writes, and two threads keep two cores busy.
+    let stats = rayon::scope(|_| stream(model, plan, &skeleton, &blocks, layout, out))
+        .map_err(Error::Write)?;
     debug_assert_eq!(stats.0, len);
     Ok(Written {
         len,
@@ -596,11 +600,9 @@ fn stream<W: Write>(
     // goes straight to `out`, since a buffer no larger than it is bypassed: with a megabyte
     // here, every block was copied once more (100 small models: 3% of the CPU time).
     let mut out = std::io::BufWriter::with_capacity(32 << 10, out);
-    let mut stats = vec![ErrorStats::default(); plan.jobs().len()];
-    out.write_all(skeleton)?;
+    const ZEROS: [u8; 32] = [0; 32];
+    let mut pieces = vec![Piece::Bytes(skeleton)];
     let mut pos = skeleton.len() as u64;
-    let zeros = [0u8; 32];
-    let mut codes: [Vec<u8>; 2] = Default::default();
     for b in blocks {
         let len = b.source.len(plan);
         let start = if layout == Layout::Inline {
@@ -608,53 +610,63 @@ fn stream<W: Write>(
         } else {
             b.at
         };
-        out.write_all(&zeros[..(start - pos) as usize])?;
+        pieces.push(Piece::Bytes(&ZEROS[..(start - pos) as usize]));
         if layout == Layout::Inline {
             // Lengths past u32 cannot occur: the layout is inline only below 2 GiB.
-            out.write_all(&(len as u32).to_le_bytes())?;
+            pieces.push(Piece::Len((len as u32).to_le_bytes()));
         }
         match &b.source {
-            Source::Copy(range) => out.write_all(&model.bytes()[range.clone()])?,
-            Source::Rescaled(buffer) => {
-                let mut written = Ok(());
-                // A megabyte at a time: memory stays flat.
-                plan.values(*buffer)
-                    .blocks(crate::quant::CHUNK * 4, |_, v| {
-                        if written.is_ok() {
-                            written = write_f32_le(&mut out, v);
-                        }
-                    });
-                written?;
-            }
+            Source::Copy(range) => pieces.push(Piece::Bytes(&model.bytes()[range.clone()])),
+            Source::Rescaled(buffer) => pieces.push(Piece::Rescaled(plan.values(*buffer))),
             Source::Quantize(j) => {
                 let job = &plan.jobs()[*j];
-                let values = plan.values(job.buffer);
-                stats[*j] = write_encoded(values, &job.encoding, &mut out, &mut codes)?;
+                encode_pieces(*j, plan.values(job.buffer), &job.encoding, &mut pieces);
             }
             Source::Scales(j) => {
                 let spec = plan.jobs()[*j].encoding.quant_spec();
                 if let Some(b) = spec.and_then(|s| s.blocks) {
-                    out.write_all(&b.bytes)?;
+                    pieces.push(Piece::Owned(b.bytes));
                 }
             }
         }
         pos = b.at + len;
     }
     let end = align_up(pos, 4);
-    out.write_all(&zeros[..(end - pos) as usize])?;
+    pieces.push(Piece::Bytes(&ZEROS[..(end - pos) as usize]));
+    let mut stats = vec![ErrorStats::default(); plan.jobs().len()];
+    write_pieces(&pieces, &mut out, &mut stats)?;
     out.flush()?;
     Ok((end, stats))
 }
 
-/// Encodes the little-endian f32 `data` and writes the result, block by block. While one
-/// block is written, the next is encoded on the thread pool, so the copy into the page cache
-/// overlaps the arithmetic instead of following it.
-fn write_encoded<W: Write>(
-    values: Values<'_>,
-    encoding: &Encoding,
-    out: &mut W,
-    bufs: &mut [Vec<u8>; 2],
-) -> std::io::Result<ErrorStats> {
+/// A piece of the output, in file order.
+enum Piece<'a> {
+    /// Bytes as they are: the skeleton, padding, a copied buffer.
+    Bytes(&'a [u8]),
+    /// Bytes made for the output: block scales.
+    Owned(Vec<u8>),
+    /// The length before an inline buffer.
+    Len([u8; 4]),
+    /// An equalized buffer that stays float: its rescaled values, made as they are written.
+    Rescaled(Values<'a>),
+    /// A block of a quantized buffer: elements `first..` of job `job`'s tensor, encoded
+    /// before they are written.
+    Encode {
+        job: usize,
+        bytes: &'a [u8],
+        first: usize,
+        encoding: &'a Encoding,
+        rescale: Option<&'a Rescale>,
+    },
+}
+
+/// The blocks job `job` (the little-endian f32 `values`) is encoded and written in.
+fn encode_pieces<'a>(
+    job: usize,
+    values: Values<'a>,
+    encoding: &'a Encoding,
+    pieces: &mut Vec<Piece<'a>>,
+) {
     // At least four blocks per tensor (of at least one parallel chunk each), so that small
     // tensors overlap too; at most BLOCK elements, so that memory stays flat. On a pool of
     // one thread (a small model of a batch) nothing overlaps, and one large write costs the
@@ -670,87 +682,94 @@ fn write_encoded<W: Write>(
     // Sub-byte codes: every block but the last must end on a byte.
     let align = encoding.alignment();
     let block = block.div_ceil(align) * align;
-    // On a pool thread (a caller's own parallel loop) a blocking hand-over could stall the
-    // pool, so blocks are then encoded and written in turn below.
-    if data.len() > block * 4 && rayon::current_thread_index().is_none() {
-        return write_pipelined(values, block, encoding, out, bufs);
-    }
-    let [current, next] = bufs;
-    let mut blocks = data.chunks(block * 4).enumerate();
-    let Some((_, first)) = blocks.next() else {
-        return Ok(ErrorStats::default());
-    };
-    let mut stats = encode_block(first, 0, encoding, rescale, current);
-    for (k, following) in blocks {
-        let mut following_stats = ErrorStats::default();
-        let mut written = Ok(());
-        rayon::in_place_scope(|scope| {
-            scope.spawn(|_| {
-                following_stats = encode_block(following, k * block, encoding, rescale, next);
-            });
-            written = out.write_all(current);
+    for (k, bytes) in data.chunks(block * 4).enumerate() {
+        pieces.push(Piece::Encode {
+            job,
+            bytes,
+            first: k * block,
+            encoding,
+            rescale,
         });
-        written?;
-        stats = stats.merge(following_stats);
-        std::mem::swap(current, next);
     }
-    out.write_all(current)?;
-    Ok(stats)
 }
 
-/// [`write_encoded`] from a thread outside the pool: one pool task encodes block after block
-/// into whichever of the two buffers is free, and this thread writes each as it comes. The
-/// encoding task goes from one block to the next without waiting for this thread to wake up,
-/// so the workers do not fall idle (and spin) at every block.
-fn write_pipelined<W: Write>(
-    values: Values<'_>,
-    block: usize,
-    encoding: &Encoding,
+/// Writes `pieces` in order, encoding each block while this thread writes what comes
+/// before it: the other workers of the pool start on the block, and this one joins them
+/// once its writes are done, so the copy into the page cache overlaps the arithmetic and no
+/// core waits for the other, also from one tensor to the next (the last block of a tensor
+/// is written while the first of the next is encoded). Each job's statistics are merged
+/// into `stats`, block after block.
+///
+/// Called on a thread of the pool (see [`write_model`]). A writer thread of its own outside
+/// the pool, handed blocks over a channel, made three busy threads share two cores: the
+/// woken writer preempted an encoder, or waited for a core, at every block (`mlp-50m` took
+/// 1.5 ms longer, 7% of its time).
+fn write_pieces<W: Write>(
+    pieces: &[Piece<'_>],
     out: &mut W,
-    bufs: &mut [Vec<u8>; 2],
-) -> std::io::Result<ErrorStats> {
-    use std::sync::mpsc::sync_channel;
-    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2);
-    let (full_tx, full_rx) = sync_channel::<Vec<u8>>(2);
-    for b in bufs.iter_mut() {
-        // Cannot fail: the channel holds two and its receiver is alive.
-        let _ = free_tx.send(std::mem::take(b));
-    }
-    let (data, rescale) = (values.bytes, values.rescale);
-    let mut stats = ErrorStats::default();
-    let mut returned = None;
-    let mut written = Ok(());
-    rayon::in_place_scope(|scope| {
-        let (stats, returned) = (&mut stats, &mut returned);
-        scope.spawn(move |_| {
-            for (k, part) in data.chunks(block * 4).enumerate() {
-                // Either fails only once the writer stopped (a write failed).
-                let Ok(mut buf) = free_rx.recv() else { break };
-                let encoded = encode_block(part, k * block, encoding, rescale, &mut buf);
-                *stats = stats.merge(encoded);
-                if full_tx.send(buf).is_err() {
-                    break;
-                }
-            }
-            *returned = Some(free_rx);
+    stats: &mut [ErrorStats],
+) -> std::io::Result<()> {
+    let [mut current, mut next]: [Vec<u8>; 2] = Default::default();
+    // The pieces from `from` on are not written yet; before them, the codes in `current`
+    // when `encoded` (the last block encoded).
+    let (mut from, mut encoded) = (0, false);
+    for (i, piece) in pieces.iter().enumerate() {
+        let Piece::Encode {
+            job,
+            bytes,
+            first,
+            encoding,
+            rescale,
+        } = piece
+        else {
+            continue;
+        };
+        let mut block_stats = ErrorStats::default();
+        let mut written = Ok(());
+        rayon::in_place_scope(|scope| {
+            let (next, block_stats) = (&mut next, &mut block_stats);
+            scope.spawn(move |_| {
+                *block_stats = encode_block(bytes, *first, encoding, *rescale, next);
+            });
+            written = (if encoded {
+                out.write_all(&current)
+            } else {
+                Ok(())
+            })
+            .and_then(|()| write_plain(&pieces[from..i], out));
         });
-        let (free_tx, full_rx) = (free_tx, full_rx);
-        for buf in full_rx.iter() {
-            written = out.write_all(&buf);
-            if written.is_err() {
-                // Dropping both ends stops the encoding task at its next block.
-                break;
+        written?;
+        stats[*job] = stats[*job].merge(block_stats);
+        std::mem::swap(&mut current, &mut next);
+        (from, encoded) = (i + 1, true);
+    }
+    if encoded {
+        out.write_all(&current)?;
+    }
+    write_plain(&pieces[from..], out)
+}
+
+/// Writes pieces that need no encoding (an `Encode` piece among them is a bug, skipped).
+fn write_plain<W: Write>(pieces: &[Piece<'_>], out: &mut W) -> std::io::Result<()> {
+    for piece in pieces {
+        match piece {
+            Piece::Bytes(b) => out.write_all(b)?,
+            Piece::Owned(b) => out.write_all(b)?,
+            Piece::Len(l) => out.write_all(l)?,
+            Piece::Rescaled(values) => {
+                let mut written = Ok(());
+                // A megabyte at a time: memory stays flat.
+                values.blocks(crate::quant::CHUNK * 4, |_, v| {
+                    if written.is_ok() {
+                        written = write_f32_le(out, v);
+                    }
+                });
+                written?;
             }
-            let _ = free_tx.send(buf);
-        }
-    });
-    written?;
-    if let Some(rx) = returned {
-        for (slot, buf) in bufs.iter_mut().zip(rx.try_iter()) {
-            *slot = buf;
+            Piece::Encode { .. } => debug_assert!(false, "an encoded piece written plain"),
         }
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// Encodes one block of little-endian f32 bytes, elements `first..` of its tensor, rescaled
@@ -812,7 +831,7 @@ mod tests {
             .collect()
     }
 
-    /// Float16 codes written by `write_encoded` called on a thread of a pool (in turn).
+    /// Float16 codes of one tensor written by `write_pieces` called on a thread of a pool.
     fn float16_on_pool(values: Values<'_>) -> Vec<u8> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -821,17 +840,27 @@ mod tests {
         pool.install(|| float16_written(values))
     }
 
-    /// Float16 codes written by `write_encoded` with fresh buffers.
+    /// Writes `values` as one float16 job, block by block, between two plain pieces.
+    fn write_float16<W: Write>(values: Values<'_>, out: &mut W) -> std::io::Result<ErrorStats> {
+        let mut pieces = vec![Piece::Bytes(b"<")];
+        encode_pieces(0, values, &Encoding::Float16, &mut pieces);
+        pieces.push(Piece::Len(*b">>>>"));
+        let mut stats = [ErrorStats::default()];
+        write_pieces(&pieces, out, &mut stats)?;
+        Ok(stats[0])
+    }
+
+    /// Float16 codes of one tensor written by `write_pieces` (without the plain pieces).
     fn float16_written(values: Values<'_>) -> Vec<u8> {
         let mut out = Vec::new();
-        write_encoded(
-            values,
-            &Encoding::Float16,
-            &mut out,
-            &mut Default::default(),
-        )
-        .unwrap();
-        out
+        let stats = write_float16(values, &mut out).unwrap();
+        assert_eq!(
+            stats.count,
+            values.len() as u64,
+            "every block measured once"
+        );
+        assert!(out.starts_with(b"<") && out.ends_with(b">>>>"), "in order");
+        out[1..out.len() - 4].to_vec()
     }
 
     #[test]
@@ -839,24 +868,58 @@ mod tests {
         // Ten and a bit parallel chunks: several blocks, the last one short.
         let data = floats(10 * crate::quant::CHUNK + 3);
         let want = float16_codes(&data);
-        let mut bufs = Default::default();
-        let mut out = Vec::new();
-        write_encoded(Values::of(&data), &Encoding::Float16, &mut out, &mut bufs).unwrap();
-        assert!(out == want, "from a thread outside the pool (pipelined)");
-        // The buffers come back for the next tensor.
-        assert!(bufs.iter().all(|b| b.capacity() > 0));
-        let mut again = Vec::new();
-        write_encoded(Values::of(&data), &Encoding::Float16, &mut again, &mut bufs).unwrap();
-        assert!(again == want);
+        assert!(
+            float16_written(Values::of(&data)) == want,
+            "from a thread outside the pool"
+        );
         assert!(
             float16_on_pool(Values::of(&data)) == want,
-            "from a pool thread (in turn)"
+            "from a pool thread"
         );
+    }
+
+    /// Two tensors with a plain piece between: the last block of the first is written while
+    /// the first of the second is encoded; the bytes stay in order and each job gets the
+    /// statistics of its own blocks.
+    #[test]
+    fn consecutive_tensors_keep_their_order_and_statistics() {
+        let (a, b) = (
+            floats(5 * crate::quant::CHUNK + 1),
+            floats(3 * crate::quant::CHUNK),
+        );
+        let b: Vec<u8> = b
+            .chunks(4)
+            .flat_map(|x| (f32::from_le_bytes(x.try_into().unwrap()) * 3.0).to_le_bytes())
+            .collect();
+        let mut pieces = vec![Piece::Bytes(b"head")];
+        encode_pieces(0, Values::of(&a), &Encoding::Float16, &mut pieces);
+        pieces.push(Piece::Owned(b"mid".to_vec()));
+        encode_pieces(1, Values::of(&b), &Encoding::Float16, &mut pieces);
+        let mut stats = [ErrorStats::default(); 2];
+        let mut out = Vec::new();
+        write_pieces(&pieces, &mut out, &mut stats).unwrap();
+        let want = [&b"head"[..], &float16_codes(&a), b"mid", &float16_codes(&b)].concat();
+        assert!(out == want);
+        // Each job's signal (Σx²), summed here in f64 one value at a time.
+        let signal = |d: &[u8]| -> f64 {
+            d.chunks(4)
+                .map(|x| f64::from(f32::from_le_bytes(x.try_into().unwrap())).powi(2))
+                .sum()
+        };
+        for (s, d) in stats.iter().zip([&a, &b]) {
+            assert_eq!(s.count, d.len() as u64 / 4);
+            let want = signal(d);
+            assert!(
+                (s.signal - want).abs() <= want * 1e-5,
+                "{} vs {want}",
+                s.signal
+            );
+        }
     }
 
     /// An equalized buffer is encoded from its rescaled values made piece by piece: the same
     /// bytes as float16 codes of the whole tensor rescaled beforehand, one value at a time,
-    /// pipelined or in turn on a pool thread.
+    /// from outside the pool or on a pool thread.
     #[test]
     fn rescaled_buffers_encode_their_rescaled_values() {
         let (rows, cols) = (37, 4099);
@@ -879,8 +942,8 @@ mod tests {
             bytes: &data,
             rescale: Some(&r),
         };
-        assert!(float16_written(values) == want, "pipelined");
-        assert!(float16_on_pool(values) == want, "in turn");
+        assert!(float16_written(values) == want, "outside the pool");
+        assert!(float16_on_pool(values) == want, "on a pool thread");
     }
 
     #[test]
@@ -905,13 +968,7 @@ mod tests {
         let data = floats(40 * crate::quant::CHUNK);
         for left in [0, 1000, 3 * crate::quant::CHUNK] {
             let mut out = Full { left };
-            let e = write_encoded(
-                Values::of(&data),
-                &Encoding::Float16,
-                &mut out,
-                &mut Default::default(),
-            )
-            .unwrap_err();
+            let e = write_float16(Values::of(&data), &mut out).unwrap_err();
             assert_eq!(e.to_string(), "disk full");
         }
     }
