@@ -569,6 +569,27 @@ impl Encoding {
         self.par(values, first, out, Some(prepare))
     }
 
+    /// [`Encoding::encode_par_prepared`] (or [`Encoding::encode_par`] without `prepare`) on
+    /// this thread alone, chunk by chunk as those split the work: the same codes and sums.
+    /// For callers that run one block per thread themselves (the rewriter's writer).
+    pub fn encode_chunks(
+        &self,
+        values: &[f32],
+        first: usize,
+        out: &mut [u8],
+        prepare: Option<&Prepare<'_>>,
+    ) -> ErrorStats {
+        let size = self.bytes_for(quant::CHUNK as u64) as usize;
+        let (mut prepared, mut scratch) = (Vec::new(), Box::new(Scratch::new()));
+        let chunks = values.chunks(quant::CHUNK).zip(out.chunks_mut(size));
+        chunks
+            .enumerate()
+            .fold(ErrorStats::default(), |stats, (k, (xs, os))| {
+                let at = first + k * quant::CHUNK;
+                stats.merge(self.encode_chunk(xs, at, os, prepare, &mut prepared, &mut scratch))
+            })
+    }
+
     fn par(
         &self,
         values: &[f32],
@@ -585,32 +606,44 @@ impl Encoding {
                 || (Vec::new(), Box::new(Scratch::new())),
                 |(prepared, scratch), (k, (xs, os))| {
                     let at = first + k * quant::CHUNK;
-                    match prepare {
-                        None => self.encode_in(xs, at, os, scratch),
-                        // Piece by piece of RUN elements: each is made and encoded while in L1,
-                        // so reading the input overlaps the arithmetic. The encoder measures in
-                        // such pieces anyway, so the error sums are the same, except for int8
-                        // runs of channels or blocks, which it measures from their own starts.
-                        Some(prepare) if !self.measures_from_group_starts() => {
-                            let per = self.bytes_for(quant::RUN as u64) as usize;
-                            let mut stats = ErrorStats::default();
-                            for (j, (p, o)) in
-                                xs.chunks(quant::RUN).zip(os.chunks_mut(per)).enumerate()
-                            {
-                                let at = at + j * quant::RUN;
-                                prepare(at, p, prepared);
-                                stats = stats.merge(self.encode_in(prepared, at, o, scratch));
-                            }
-                            stats
-                        }
-                        Some(prepare) => {
-                            prepare(at, xs, prepared);
-                            self.encode_in(prepared, at, os, scratch)
-                        }
-                    }
+                    self.encode_chunk(xs, at, os, prepare, prepared, scratch)
                 },
             )
             .reduce(ErrorStats::default, ErrorStats::merge)
+    }
+
+    /// One chunk of [`Encoding::par`] or [`Encoding::encode_chunks`]: elements `at..` of
+    /// the tensor, prepared first when `prepare` is given.
+    fn encode_chunk(
+        &self,
+        xs: &[f32],
+        at: usize,
+        os: &mut [u8],
+        prepare: Option<&Prepare<'_>>,
+        prepared: &mut Vec<f32>,
+        scratch: &mut Scratch,
+    ) -> ErrorStats {
+        match prepare {
+            None => self.encode_in(xs, at, os, scratch),
+            // Piece by piece of RUN elements: each is made and encoded while in L1, so
+            // reading the input overlaps the arithmetic. The encoder measures in such pieces
+            // anyway, so the error sums are the same, except for int8 runs of channels or
+            // blocks, which it measures from their own starts.
+            Some(prepare) if !self.measures_from_group_starts() => {
+                let per = self.bytes_for(quant::RUN as u64) as usize;
+                let mut stats = ErrorStats::default();
+                for (j, (p, o)) in xs.chunks(quant::RUN).zip(os.chunks_mut(per)).enumerate() {
+                    let at = at + j * quant::RUN;
+                    prepare(at, p, prepared);
+                    stats = stats.merge(self.encode_in(prepared, at, o, scratch));
+                }
+                stats
+            }
+            Some(prepare) => {
+                prepare(at, xs, prepared);
+                self.encode_in(prepared, at, os, scratch)
+            }
+        }
     }
 
     /// Int8 codes of channels or blocks: [`Encoding::encode`] sums the error in pieces that

@@ -43,8 +43,9 @@ pub const INLINE_LIMIT: u64 = (1 << 31) - 1;
 /// Alignment of every data block in the output.
 const ALIGN: u64 = 16;
 
-/// Elements quantized per streamed block (4 Mi elements: 16 MiB in, 4 MiB out).
-const BLOCK: usize = 1 << 22;
+/// Elements quantized per streamed block at most (2 Mi elements: 8 MiB in, 2 MiB of int8
+/// codes out), so that the blocks in flight (one per thread, and one more) stay small.
+const BLOCK: usize = 1 << 21;
 
 /// What [`write_model`] did.
 #[derive(Debug, Clone)]
@@ -587,7 +588,7 @@ fn patch(
 
 /// Writes the skeleton and every block in order. Returns the bytes written and the error
 /// statistics of each plan job.
-fn stream<W: Write>(
+fn stream<W: Write + Send>(
     model: &Model<'_>,
     plan: &Plan<'_>,
     skeleton: &[u8],
@@ -667,8 +668,8 @@ fn encode_pieces<'a>(
     encoding: &'a Encoding,
     pieces: &mut Vec<Piece<'a>>,
 ) {
-    // At least four blocks per tensor (of at least one parallel chunk each), so that small
-    // tensors overlap too; at most BLOCK elements, so that memory stays flat. On a pool of
+    // At least four blocks per tensor (of at least one chunk each), so that the threads
+    // share small tensors too; at most BLOCK elements, so that memory stays flat. On a pool of
     // one thread (a small model of a batch) nothing overlaps, and one large write costs the
     // file system less than four small ones (100 small models: 9% less system time).
     let (data, rescale) = (values.bytes, values.rescale);
@@ -693,60 +694,180 @@ fn encode_pieces<'a>(
     }
 }
 
-/// Writes `pieces` in order, encoding each block while this thread writes what comes
-/// before it: the other workers of the pool start on the block, and this one joins them
-/// once its writes are done, so the copy into the page cache overlaps the arithmetic and no
-/// core waits for the other, also from one tensor to the next (the last block of a tensor
-/// is written while the first of the next is encoded). Each job's statistics are merged
-/// into `stats`, block after block.
+/// Writes `pieces` in order, every block encoded on one of the pool's threads: each thread
+/// claims the next block, encodes it on its own (in cache, with no other thread to wait
+/// for), and writes whatever is next in the file and ready, block after block, while no
+/// other thread is writing. So the copy into the page cache overlaps the arithmetic, a
+/// thread that finishes a block goes straight on to the next, and no thread waits at a
+/// block's end for the others or for the writer. Each job's statistics are merged into
+/// `stats` in block order.
 ///
-/// Called on a thread of the pool (see [`write_model`]). A writer thread of its own outside
-/// the pool, handed blocks over a channel, made three busy threads share two cores: the
-/// woken writer preempted an encoder, or waited for a core, at every block (`mlp-50m` took
-/// 1.5 ms longer, 7% of its time).
-fn write_pieces<W: Write>(
+/// At most `threads + 1` blocks are claimed and not yet written, which bounds the memory:
+/// one block of codes per thread, and one more. (Blocks encoded by all threads at once, with
+/// a barrier at each, lost a core at every barrier's tail, and often the writer's whole
+/// write: the other thread had fallen asleep and, on a VM, woke late; `mlp-50m` took 1.5 ms
+/// more. A writer thread of its own outside the pool, fed over a channel, made three busy
+/// threads share two cores, which cost as much again.)
+///
+/// No thread ever waits for a lock another holds across a write (the writer is taken with
+/// `try_lock`), and a block is encoded without calling into the pool, so a thread never runs
+/// another's work nested inside its own: every claimed block is finished by its thread.
+fn write_pieces<W: Write + Send>(
     pieces: &[Piece<'_>],
     out: &mut W,
     stats: &mut [ErrorStats],
 ) -> std::io::Result<()> {
-    let [mut current, mut next]: [Vec<u8>; 2] = Default::default();
-    // The pieces from `from` on are not written yet; before them, the codes in `current`
-    // when `encoded` (the last block encoded).
-    let (mut from, mut encoded) = (0, false);
-    for (i, piece) in pieces.iter().enumerate() {
-        let Piece::Encode {
-            job,
-            bytes,
-            first,
-            encoding,
-            rescale,
-        } = piece
-        else {
-            continue;
-        };
-        let mut block_stats = ErrorStats::default();
-        let mut written = Ok(());
-        rayon::in_place_scope(|scope| {
-            let (next, block_stats) = (&mut next, &mut block_stats);
-            scope.spawn(move |_| {
-                *block_stats = encode_block(bytes, *first, encoding, *rescale, next);
-            });
-            written = (if encoded {
-                out.write_all(&current)
-            } else {
-                Ok(())
-            })
-            .and_then(|()| write_plain(&pieces[from..i], out));
-        });
-        written?;
-        stats[*job] = stats[*job].merge(block_stats);
-        std::mem::swap(&mut current, &mut next);
-        (from, encoded) = (i + 1, true);
+    let blocks: Vec<usize> = (0..pieces.len())
+        .filter(|&i| matches!(pieces[i], Piece::Encode { .. }))
+        .collect();
+    let threads = rayon::current_num_threads();
+    let line = Line {
+        pieces,
+        blocks: &blocks,
+        ahead: threads + 1,
+        claimed: AtomicUsize::new(0),
+        written: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+        done: Mutex::new(BTreeMap::new()),
+        free: Mutex::new(Vec::new()),
+        writer: Mutex::new(Writer {
+            out,
+            from: 0,
+            stats,
+            error: None,
+        }),
+    };
+    rayon::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(|_| line.work());
+        }
+        line.work();
+    });
+    // Every block was written by the thread that finished it or by the one writing then
+    // (see `Line::drain`), unless a write failed.
+    let writer = line.writer.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = writer.error {
+        return Err(e);
     }
-    if encoded {
-        out.write_all(&current)?;
+    debug_assert_eq!(line.written.into_inner(), blocks.len());
+    write_plain(&pieces[writer.from..], writer.out)
+}
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// The shared state of [`write_pieces`]: blocks are numbered in file order.
+struct Line<'p, 'w, W> {
+    pieces: &'p [Piece<'p>],
+    /// The piece of each block.
+    blocks: &'p [usize],
+    /// How many blocks may be claimed and not yet written.
+    ahead: usize,
+    /// Blocks claimed so far, and written so far (all before that number).
+    claimed: AtomicUsize,
+    written: AtomicUsize,
+    /// A write failed: claim nothing more.
+    failed: AtomicBool,
+    /// Blocks encoded and not yet written: their codes and statistics.
+    done: Mutex<BTreeMap<usize, (Vec<u8>, ErrorStats)>>,
+    /// Code buffers written out, for the next blocks.
+    free: Mutex<Vec<Vec<u8>>>,
+    writer: Mutex<Writer<'w, W>>,
+}
+
+/// What only the thread writing may touch.
+struct Writer<'w, W> {
+    out: &'w mut W,
+    /// The first piece not yet written.
+    from: usize,
+    stats: &'w mut [ErrorStats],
+    error: Option<std::io::Error>,
+}
+
+/// Locks `m`; a panic elsewhere (which ends the run anyway) does not stop the others.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<W: Write> Line<'_, '_, W> {
+    /// One thread's part: claim, encode, write what is ready, until every block is claimed.
+    fn work(&self) {
+        loop {
+            if self.failed.load(Ordering::Acquire) {
+                return;
+            }
+            let k = self.claimed.load(Ordering::Acquire);
+            if k >= self.blocks.len() {
+                return;
+            }
+            if k >= self.written.load(Ordering::Acquire) + self.ahead {
+                // Too far ahead of the file: write if no one is, else let the writer run.
+                self.drain();
+                std::thread::yield_now();
+                continue;
+            }
+            let next = self
+                .claimed
+                .compare_exchange(k, k + 1, Ordering::AcqRel, Ordering::Acquire);
+            if next.is_err() {
+                continue;
+            }
+            let Piece::Encode {
+                bytes,
+                first,
+                encoding,
+                rescale,
+                ..
+            } = &self.pieces[self.blocks[k]]
+            else {
+                unreachable!("blocks holds the Encode pieces")
+            };
+            let mut codes = lock(&self.free).pop().unwrap_or_default();
+            let block_stats = encode_block(bytes, *first, encoding, *rescale, &mut codes);
+            lock(&self.done).insert(k, (codes, block_stats));
+            self.drain();
+        }
     }
-    write_plain(&pieces[from..], out)
+
+    /// Writes every encoded block that is next in the file, with the plain pieces before it,
+    /// unless another thread is writing: that one then writes it. After letting the writer
+    /// go, looks again, since a block may have been done meanwhile by a thread that found
+    /// the writer taken.
+    fn drain(&self) {
+        loop {
+            let Ok(mut w) = self.writer.try_lock() else {
+                return;
+            };
+            loop {
+                let k = self.written.load(Ordering::Acquire);
+                let Some((codes, block_stats)) = lock(&self.done).remove(&k) else {
+                    break;
+                };
+                let i = self.blocks[k];
+                if w.error.is_none() {
+                    let from = w.from;
+                    let wrote = write_plain(&self.pieces[from..i], w.out)
+                        .and_then(|()| w.out.write_all(&codes));
+                    if let Err(e) = wrote {
+                        w.error = Some(e);
+                        self.failed.store(true, Ordering::Release);
+                    }
+                }
+                if let Piece::Encode { job, .. } = self.pieces[i] {
+                    w.stats[job] = w.stats[job].merge(block_stats);
+                }
+                w.from = i + 1;
+                lock(&self.free).push(codes);
+                self.written.store(k + 1, Ordering::Release);
+            }
+            drop(w);
+            let k = self.written.load(Ordering::Acquire);
+            if !lock(&self.done).contains_key(&k) {
+                return;
+            }
+        }
+    }
 }
 
 /// Writes pieces that need no encoding (an `Encode` piece among them is a bug, skipped).
@@ -784,9 +905,11 @@ fn encode_block(
     let n = bytes.len() / 4;
     out.resize(encoding.bytes_for(n as u64) as usize, 0);
     crate::quant::with_f32(bytes, |values| match rescale {
-        None => encoding.encode_par(values, first, out),
-        Some(r) => encoding
-            .encode_par_prepared(values, first, out, &|at, src, dst| r.apply_to(at, src, dst)),
+        None => encoding.encode_chunks(values, first, out, None),
+        Some(r) => {
+            let prepare = |at, src: &[f32], dst: &mut Vec<f32>| r.apply_to(at, src, dst);
+            encoding.encode_chunks(values, first, out, Some(&prepare))
+        }
     })
 }
 
@@ -841,7 +964,10 @@ mod tests {
     }
 
     /// Writes `values` as one float16 job, block by block, between two plain pieces.
-    fn write_float16<W: Write>(values: Values<'_>, out: &mut W) -> std::io::Result<ErrorStats> {
+    fn write_float16<W: Write + Send>(
+        values: Values<'_>,
+        out: &mut W,
+    ) -> std::io::Result<ErrorStats> {
         let mut pieces = vec![Piece::Bytes(b"<")];
         encode_pieces(0, values, &Encoding::Float16, &mut pieces);
         pieces.push(Piece::Len(*b">>>>"));
@@ -946,6 +1072,66 @@ mod tests {
         assert!(float16_on_pool(values) == want, "on a pool thread");
     }
 
+    /// A writer that takes its time now and then, so that the encoders get ahead of it and
+    /// must wait (at most `threads + 1` blocks in flight).
+    struct Slow<'a>(&'a mut Vec<u8>, usize);
+    impl Write for Slow<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.1 += 1;
+            if self.1.is_multiple_of(5) {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Fifty blocks of odd sizes, of three jobs, with plain pieces between, on pools of one,
+    /// two and five threads behind a slow writer: every byte in file order, and each job's
+    /// statistics counting its own elements once.
+    #[test]
+    fn many_blocks_on_any_pool_come_out_in_order() {
+        let data = floats(50 * 3001);
+        let mut pieces = Vec::new();
+        let mut want = Vec::new();
+        let mut counts = [0u64; 3];
+        for (k, block) in data.chunks(3001 * 4).enumerate() {
+            let bytes: &[u8] = if k % 7 == 3 {
+                b""
+            } else {
+                &block[..block.len() - k % 3 * 4]
+            };
+            pieces.push(Piece::Len((k as u32).to_le_bytes()));
+            want.extend_from_slice(&(k as u32).to_le_bytes());
+            pieces.push(Piece::Encode {
+                job: k % 3,
+                bytes,
+                first: 0,
+                encoding: &Encoding::Float16,
+                rescale: None,
+            });
+            want.extend(float16_codes(bytes));
+            counts[k % 3] += bytes.len() as u64 / 4;
+        }
+        pieces.push(Piece::Bytes(b"end"));
+        want.extend_from_slice(b"end");
+        for threads in [1, 2, 5] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut out = Vec::new();
+            let mut stats = [ErrorStats::default(); 3];
+            pool.install(|| write_pieces(&pieces, &mut Slow(&mut out, 0), &mut stats))
+                .unwrap();
+            assert!(out == want, "{threads} threads");
+            let got: Vec<u64> = stats.iter().map(|s| s.count).collect();
+            assert_eq!(got, counts, "{threads} threads");
+        }
+    }
+
     #[test]
     fn a_failing_write_stops_the_stream_with_its_error() {
         /// Accepts `left` bytes, then fails.
@@ -966,9 +1152,19 @@ mod tests {
             }
         }
         let data = floats(40 * crate::quant::CHUNK);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
         for left in [0, 1000, 3 * crate::quant::CHUNK] {
             let mut out = Full { left };
             let e = write_float16(Values::of(&data), &mut out).unwrap_err();
+            assert_eq!(e.to_string(), "disk full");
+            // On more threads than blocks in flight, the others stop too (no hang).
+            let mut out = Full { left };
+            let e = pool
+                .install(|| write_float16(Values::of(&data), &mut out))
+                .unwrap_err();
             assert_eq!(e.to_string(), "disk full");
         }
     }
