@@ -668,16 +668,18 @@ fn encode_pieces<'a>(
     encoding: &'a Encoding,
     pieces: &mut Vec<Piece<'a>>,
 ) {
-    // At least four blocks per tensor (of at least one chunk each), so that the threads
-    // share small tensors too; at most BLOCK elements, so that memory stays flat. On a pool of
-    // one thread (a small model of a batch) nothing overlaps, and one large write costs the
-    // file system less than four small ones (100 small models: 9% less system time).
+    // At least sixteen blocks per tensor (of at least one chunk each), so that the threads
+    // share small tensors too and the last block, which one thread encodes and then writes
+    // while the others have nothing left, is short (`mlp-50m`: 18.8 ms against 20.0 with
+    // four); at most BLOCK elements, so that memory stays flat. On a pool of one thread (a
+    // small model of a batch) nothing overlaps, and one large write costs the file system
+    // less than several small ones (100 small models: 9% less system time).
     let (data, rescale) = (values.bytes, values.rescale);
     let elements = data.len() / 4;
     let parts = if rayon::current_num_threads() == 1 {
         1
     } else {
-        4
+        16
     };
     let block = elements.div_ceil(parts).clamp(crate::quant::CHUNK, BLOCK);
     // Sub-byte codes: every block but the last must end on a byte.
