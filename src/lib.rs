@@ -79,7 +79,7 @@ pub fn quantize(input: &[u8], opts: &Options) -> Result<Output> {
 ///
 /// When no tensor qualifies, the input is written unchanged and
 /// [`Summary::changed`] is false, so running the tool twice gives the same model as once.
-/// `out` is written from a thread of rayon's pool, which encodes between its writes: hence
+/// The threads of rayon's pool write `out` in turn, between the blocks they encode: hence
 /// `Send`.
 pub fn quantize_to<W: Write + Send>(input: &[u8], opts: &Options, mut out: W) -> Result<Summary> {
     let model = Model::parse(input)?;

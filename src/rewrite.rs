@@ -92,8 +92,8 @@ struct Block {
 }
 
 /// Writes the model that `plan` describes to `out`. `out` receives the bytes in order; it is
-/// never sought, so a pipe works. It is written from a thread of the pool (so it must be
-/// `Send`), see [`write_encoded`].
+/// never sought, so a pipe works. The threads of the pool write it in turn (so it must be
+/// `Send`), see [`write_pieces`].
 pub fn write_model<W: Write + Send>(
     plan: &Plan<'_>,
     policy: LayoutPolicy,
@@ -125,8 +125,8 @@ fn write_model_limited<W: Write + Send>(
         }
         break (patch(skeleton, &blocks, plan, layout)?, blocks, len);
     };
-    // On a thread of the pool (`scope` from outside it runs there; inside, in place): the
-    // writer then helps encode between its writes, and two threads keep two cores busy.
+    // On the pool (`scope` from outside it runs there; inside, in place), whose threads
+    // encode and write in turn: two threads keep two cores busy.
     let stats = rayon::scope(|_| stream(model, plan, &skeleton, &blocks, layout, out))
         .map_err(Error::Write)?;
     debug_assert_eq!(stats.0, len);
