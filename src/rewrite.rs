@@ -795,6 +795,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl<W: Write> Line<'_, '_, W> {
     /// One thread's part: claim, encode, write what is ready, until every block is claimed.
     fn work(&self) {
+        // A panic here would leave the others waiting for its block: they stop instead, and
+        // the scope passes the panic on.
+        struct StopOnPanic<'a>(&'a AtomicBool);
+        impl Drop for StopOnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+        }
+        let _stop = StopOnPanic(&self.failed);
         loop {
             if self.failed.load(Ordering::Acquire) {
                 return;
