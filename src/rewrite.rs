@@ -12,7 +12,10 @@
 //! and signatures stay valid) but loses its buffer; a new INT8 tensor holds the codes and a
 //! `DEQUANTIZE` operator, placed first in the subgraph, turns them back into `T`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use serde::Serialize;
@@ -650,15 +653,19 @@ enum Piece<'a> {
     Len([u8; 4]),
     /// An equalized buffer that stays float: its rescaled values, made as they are written.
     Rescaled(Values<'a>),
-    /// A block of a quantized buffer: elements `first..` of job `job`'s tensor, encoded
-    /// before they are written.
-    Encode {
-        job: usize,
-        bytes: &'a [u8],
-        first: usize,
-        encoding: &'a Encoding,
-        rescale: Option<&'a Rescale>,
-    },
+    /// A block of a quantized buffer, encoded before it is written.
+    Encode(Coded<'a>),
+}
+
+/// A block of a quantized buffer: elements `first..` of job `job`'s tensor.
+struct Coded<'a> {
+    job: usize,
+    /// Its little-endian f32 values, as in the model.
+    bytes: &'a [u8],
+    first: usize,
+    encoding: &'a Encoding,
+    /// What equalization does to them first, if anything.
+    rescale: Option<&'a Rescale>,
 }
 
 /// The blocks job `job` (the little-endian f32 `values`) is encoded and written in.
@@ -686,13 +693,13 @@ fn encode_pieces<'a>(
     let align = encoding.alignment();
     let block = block.div_ceil(align) * align;
     for (k, bytes) in data.chunks(block * 4).enumerate() {
-        pieces.push(Piece::Encode {
+        pieces.push(Piece::Encode(Coded {
             job,
             bytes,
             first: k * block,
             encoding,
             rescale,
-        });
+        }));
     }
 }
 
@@ -719,8 +726,13 @@ fn write_pieces<W: Write + Send>(
     out: &mut W,
     stats: &mut [ErrorStats],
 ) -> std::io::Result<()> {
-    let blocks: Vec<usize> = (0..pieces.len())
-        .filter(|&i| matches!(pieces[i], Piece::Encode { .. }))
+    let blocks: Vec<(usize, &Coded<'_>)> = pieces
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            Piece::Encode(c) => Some((i, c)),
+            _ => None,
+        })
         .collect();
     let threads = rayon::current_num_threads();
     let line = Line {
@@ -755,15 +767,11 @@ fn write_pieces<W: Write + Send>(
     write_plain(&pieces[writer.from..], writer.out)
 }
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
-
 /// The shared state of [`write_pieces`]: blocks are numbered in file order.
 struct Line<'p, 'w, W> {
     pieces: &'p [Piece<'p>],
-    /// The piece of each block.
-    blocks: &'p [usize],
+    /// Each block, and the index of its piece.
+    blocks: &'p [(usize, &'p Coded<'p>)],
     /// How many blocks may be claimed and not yet written.
     ahead: usize,
     /// Blocks claimed so far, and written so far (all before that number).
@@ -826,18 +834,8 @@ impl<W: Write> Line<'_, '_, W> {
             if next.is_err() {
                 continue;
             }
-            let Piece::Encode {
-                bytes,
-                first,
-                encoding,
-                rescale,
-                ..
-            } = &self.pieces[self.blocks[k]]
-            else {
-                unreachable!("blocks holds the Encode pieces")
-            };
             let mut codes = lock(&self.free).pop().unwrap_or_default();
-            let block_stats = encode_block(bytes, *first, encoding, *rescale, &mut codes);
+            let block_stats = encode_block(self.blocks[k].1, &mut codes);
             lock(&self.done).insert(k, (codes, block_stats));
             self.drain();
         }
@@ -857,7 +855,7 @@ impl<W: Write> Line<'_, '_, W> {
                 let Some((codes, block_stats)) = lock(&self.done).remove(&k) else {
                     break;
                 };
-                let i = self.blocks[k];
+                let (i, block) = self.blocks[k];
                 if w.error.is_none() {
                     let from = w.from;
                     let wrote = write_plain(&self.pieces[from..i], w.out)
@@ -867,9 +865,7 @@ impl<W: Write> Line<'_, '_, W> {
                         self.failed.store(true, Ordering::Release);
                     }
                 }
-                if let Piece::Encode { job, .. } = self.pieces[i] {
-                    w.stats[job] = w.stats[job].merge(block_stats);
-                }
+                w.stats[block.job] = w.stats[block.job].merge(block_stats);
                 w.from = i + 1;
                 lock(&self.free).push(codes);
                 self.written.store(k + 1, Ordering::Release);
@@ -900,24 +896,19 @@ fn write_plain<W: Write>(pieces: &[Piece<'_>], out: &mut W) -> std::io::Result<(
                 });
                 written?;
             }
-            Piece::Encode { .. } => debug_assert!(false, "an encoded piece written plain"),
+            Piece::Encode(_) => debug_assert!(false, "an encoded piece written plain"),
         }
     }
     Ok(())
 }
 
-/// Encodes one block of little-endian f32 bytes, elements `first..` of its tensor, rescaled
-/// first when equalization changes them, into `out` (resized to fit).
-fn encode_block(
-    bytes: &[u8],
-    first: usize,
-    encoding: &Encoding,
-    rescale: Option<&Rescale>,
-    out: &mut Vec<u8>,
-) -> ErrorStats {
-    let n = bytes.len() / 4;
+/// Encodes one block, rescaled first when equalization changes it, into `out` (resized to
+/// fit).
+fn encode_block(block: &Coded<'_>, out: &mut Vec<u8>) -> ErrorStats {
+    let (encoding, first) = (block.encoding, block.first);
+    let n = block.bytes.len() / 4;
     out.resize(encoding.bytes_for(n as u64) as usize, 0);
-    crate::quant::with_f32(bytes, |values| match rescale {
+    crate::quant::with_f32(block.bytes, |values| match block.rescale {
         None => encoding.encode_chunks(values, first, out, None),
         Some(r) => {
             let prepare = |at, src: &[f32], dst: &mut Vec<f32>| r.apply_to(at, src, dst);
@@ -1118,13 +1109,13 @@ mod tests {
             };
             pieces.push(Piece::Len((k as u32).to_le_bytes()));
             want.extend_from_slice(&(k as u32).to_le_bytes());
-            pieces.push(Piece::Encode {
+            pieces.push(Piece::Encode(Coded {
                 job: k % 3,
                 bytes,
                 first: 0,
                 encoding: &Encoding::Float16,
                 rescale: None,
-            });
+            }));
             want.extend(float16_codes(bytes));
             counts[k % 3] += bytes.len() as u64 / 4;
         }
